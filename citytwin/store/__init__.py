@@ -1,0 +1,25 @@
+"""Where a twin lives: the ``Store`` interface and its backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from citytwin.model import TwinMeta
+from citytwin.store.base import FILTER_OPS, Filter, LayerSummary, Query, Store
+
+
+def create_store(location: str | Path, meta: TwinMeta) -> Store:
+    """Create a new twin at ``location`` (a file path for the embedded backend)."""
+    from citytwin.store.duckdb import DuckDBStore
+
+    return DuckDBStore.create(location, meta)
+
+
+def open_store(location: str | Path, read_only: bool = False) -> Store:
+    """Open the twin at ``location``."""
+    from citytwin.store.duckdb import DuckDBStore
+
+    return DuckDBStore.open(location, read_only=read_only)
+
+
+__all__ = ["FILTER_OPS", "Filter", "LayerSummary", "Query", "Store", "create_store", "open_store"]

@@ -1,0 +1,484 @@
+"""The embedded store: one DuckDB file per twin, with the spatial extension.
+
+Each layer is a table of feature *versions* (``valid_from`` .. ``valid_to``; the current one
+has no ``valid_to``). The spatial index is a clustered one: rows are written in Hilbert-curve
+order and carry their bounding box in four columns, so DuckDB's per-row-group min/max zone
+maps prune a window query down to a few row groups. On 1 M footprints this answers a
+1,000-feature window in a few milliseconds, several times faster than DuckDB's RTREE index
+scan (see ``benchmarks/``), and the SQL stays portable to PostGIS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import shapely
+
+from citytwin.errors import CityTwinError, InvalidInput, NotFound
+from citytwin.model import BASE_COLUMNS, LAYERS, AttrType, TwinMeta, empty_frame, layer
+from citytwin.store.base import Filter, LayerSummary, Query, Store
+
+_SQL_TYPE = {
+    AttrType.STR: "VARCHAR",
+    AttrType.INT: "BIGINT",
+    AttrType.FLOAT: "DOUBLE",
+    AttrType.BOOL: "BOOLEAN",
+    AttrType.DATE: "DATE",
+}
+_BASE_SQL = (
+    ("fid", "VARCHAR NOT NULL"),
+    ("class", "VARCHAR NOT NULL"),
+    ("status", "VARCHAR NOT NULL"),
+    ("valid_from", "TIMESTAMP NOT NULL"),
+    ("valid_to", "TIMESTAMP"),
+    ("source", "VARCHAR"),
+    ("imported_at", "TIMESTAMP"),
+    ("props", "VARCHAR"),
+    ("geometry_3d", "VARCHAR"),
+)
+_FAR_FUTURE = dt.datetime(9999, 1, 1)
+
+
+def spatial_extension_path() -> Path:
+    """The spatial extension shipped by the ``duckdb-extension-spatial`` wheel for this DuckDB."""
+    import duckdb_extension_spatial
+
+    root = Path(duckdb_extension_spatial.__file__).parent / "extensions"
+    path = root / f"v{duckdb.__version__}" / "spatial.duckdb_extension"
+    if not path.exists():
+        found = sorted(root.glob("*/spatial.duckdb_extension"))
+        raise CityTwinError(
+            f"no spatial extension for DuckDB {duckdb.__version__} under {root}"
+            f" (found: {', '.join(p.parent.name for p in found) or 'none'})"
+            " — install duckdb-extension-spatial of the same version as duckdb"
+        )
+    return path
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _naive(t: dt.datetime | None) -> dt.datetime | None:
+    if t is None:
+        return None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.UTC).replace(tzinfo=None)
+    return t
+
+
+class DuckDBStore(Store):
+    """A twin in one DuckDB file (or in memory with ``path=":memory:"``)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str) -> None:
+        self.con = con
+        self.path = path
+        self._depth = 0
+        self._lock = threading.RLock()
+        meta = self.get_document("twin")
+        if meta is None:
+            raise NotFound(f"{path} is not a CityTwin store")
+        self.meta = TwinMeta.from_dict(meta)
+
+    # -- opening ------------------------------------------------------------------------
+    @staticmethod
+    def _connect(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(path, read_only=read_only)
+        con.execute(f"LOAD '{spatial_extension_path()}'")
+        return con
+
+    @classmethod
+    def create(cls, path: str | Path, meta: TwinMeta) -> DuckDBStore:
+        """Create a new twin file at ``path``; refuses to overwrite an existing one."""
+        path = str(path)
+        if path != ":memory:" and Path(path).exists():
+            raise InvalidInput(f"{path} already exists", hint="choose another path or delete it first")
+        con = cls._connect(path)
+        con.execute("CREATE TABLE documents (key VARCHAR PRIMARY KEY, body VARCHAR NOT NULL,"
+                    " updated_at TIMESTAMP NOT NULL)")
+        con.execute("CREATE TABLE rasters (name VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL,"
+                    " crs VARCHAR, width INTEGER, height INTEGER, bounds VARCHAR, source VARCHAR,"
+                    " imported_at TIMESTAMP, data BLOB NOT NULL)")
+        con.execute("INSERT INTO documents VALUES ('twin', ?, ?)", [json.dumps(meta.to_dict()), _now()])
+        for name in LAYERS:
+            con.execute(cls._create_table_sql(name))
+            con.execute(f"CREATE INDEX {name}_fid ON {name} (fid)")
+        return cls(con, path)
+
+    @classmethod
+    def open(cls, path: str | Path, read_only: bool = False) -> DuckDBStore:
+        """Open an existing twin file."""
+        path = str(path)
+        if not Path(path).exists():
+            raise NotFound(f"no twin at {path}")
+        try:
+            con = cls._connect(path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise InvalidInput(f"can't open {path} as a twin: {exc}") from None
+        return cls(con, path)
+
+    @staticmethod
+    def _create_table_sql(name: str) -> str:
+        cols = [f"{c} {t}" for c, t in _BASE_SQL]
+        cols += [f"{a.name} {_SQL_TYPE[a.type]}" for a in layer(name).attributes]
+        cols += ["geom GEOMETRY NOT NULL", "minx DOUBLE NOT NULL", "miny DOUBLE NOT NULL",
+                 "maxx DOUBLE NOT NULL", "maxy DOUBLE NOT NULL"]
+        return f"CREATE TABLE {name} ({', '.join(cols)})"
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- transactions -------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self.con.execute("BEGIN TRANSACTION")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self.con.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self.con.execute("COMMIT")
+
+    # -- writing ------------------------------------------------------------------------
+    def set_meta(self, meta: TwinMeta) -> None:
+        self.put_document("twin", meta.to_dict())
+        self.meta = meta
+
+    def insert(self, layer_name: str, frame: gpd.GeoDataFrame) -> int:
+        layer(layer_name)
+        if len(frame) == 0:
+            return 0
+        batch = self._arrow_batch(layer_name, frame)
+        with self.transaction():
+            self.con.register("_batch", batch)
+            try:
+                clash = self.con.execute(
+                    f"SELECT t.fid FROM {layer_name} t JOIN _batch b ON t.fid = b.fid"
+                    " WHERE t.valid_to IS NULL LIMIT 1").fetchone()
+                if clash:
+                    raise InvalidInput(
+                        "a feature with this id already exists", layer=layer_name, feature=clash[0],
+                        hint="give new ids, or update the existing features",
+                    )
+                self.con.execute(self._insert_sql(layer_name))
+            finally:
+                self.con.unregister("_batch")
+        return len(frame)
+
+    def update(self, layer_name: str, frame: gpd.GeoDataFrame, at: dt.datetime | None = None) -> int:
+        layer(layer_name)
+        if len(frame) == 0:
+            return 0
+        at = _naive(at) or _now()
+        frame = frame.copy()
+        frame["valid_from"] = pd.Timestamp(at)
+        batch = self._arrow_batch(layer_name, frame)
+        with self.transaction():
+            self.con.register("_batch", batch)
+            try:
+                missing = self.con.execute(
+                    f"SELECT b.fid FROM _batch b ANTI JOIN (SELECT fid FROM {layer_name}"
+                    " WHERE valid_to IS NULL) t ON t.fid = b.fid LIMIT 1").fetchone()
+                if missing:
+                    raise InvalidInput("no current feature with this id to update", layer=layer_name,
+                                       feature=missing[0], hint="insert it instead")
+                late = self.con.execute(
+                    f"SELECT t.fid, t.valid_from FROM {layer_name} t JOIN _batch b ON t.fid = b.fid"
+                    " WHERE t.valid_to IS NULL AND t.valid_from >= ? LIMIT 1", [at]).fetchone()
+                if late:
+                    raise InvalidInput(
+                        f"the current version starts at {late[1]}, not before the update time {at}",
+                        layer=layer_name, feature=late[0], hint="give a later update time",
+                    )
+                self.con.execute(
+                    f"UPDATE {layer_name} SET valid_to = ? WHERE valid_to IS NULL"
+                    " AND fid IN (SELECT fid FROM _batch)", [at])
+                self.con.execute(self._insert_sql(layer_name))
+            finally:
+                self.con.unregister("_batch")
+        return len(frame)
+
+    def retire(self, layer_name: str, ids: Sequence[str], at: dt.datetime | None = None) -> int:
+        layer(layer_name)
+        at = _naive(at) or _now()
+        ids = list(ids)
+        with self.transaction():
+            n = self.con.execute(
+                f"SELECT count(*) FROM {layer_name} WHERE valid_to IS NULL AND fid IN"
+                " (SELECT unnest(?::VARCHAR[]))", [ids]).fetchone()[0]
+            if n != len(set(ids)):
+                raise InvalidInput(f"{len(set(ids)) - n} of the ids have no current feature",
+                                   layer=layer_name)
+            self.con.execute(
+                f"UPDATE {layer_name} SET valid_to = ? WHERE valid_to IS NULL AND fid IN"
+                " (SELECT unnest(?::VARCHAR[]))", [at, ids])
+        return n
+
+    def _insert_sql(self, layer_name: str) -> str:
+        cols = [c for c, _ in _BASE_SQL] + [a.name for a in layer(layer_name).attributes]
+        ext = self.meta.extent
+        order = ""
+        if ext is not None:
+            order = (" ORDER BY ST_Hilbert((minx + maxx) / 2, (miny + maxy) / 2, "
+                     f"{{'min_x': {ext[0]}, 'min_y': {ext[1]}, 'max_x': {ext[2]}, 'max_y': {ext[3]}}}::BOX_2D)")
+        return (f"INSERT INTO {layer_name} ({', '.join(cols)}, geom, minx, miny, maxx, maxy)"
+                f" SELECT {', '.join(cols)}, ST_GeomFromWKB(wkb), minx, miny, maxx, maxy"
+                f" FROM _batch{order}")
+
+    def _arrow_batch(self, layer_name: str, frame: gpd.GeoDataFrame) -> pa.Table:
+        lay = layer(layer_name)
+        missing = [c for c in (*BASE_COLUMNS, *(a.name for a in lay.attributes)) if c not in frame.columns]
+        if missing:
+            raise CityTwinError(f"frame for {layer_name} is not validated (missing {missing});"
+                                " pass it through citytwin.model.validate_frame first")
+        geoms = frame.geometry.to_numpy()
+        bounds = shapely.bounds(geoms)
+        cols: dict[str, Any] = {
+            "fid": pa.array(frame["id"].to_numpy(dtype=object), pa.string()),
+            "class": pa.array(frame["class"].to_numpy(dtype=object), pa.string()),
+            "status": pa.array(frame["status"].to_numpy(dtype=object), pa.string()),
+            "valid_from": pa.array(pd.to_datetime(frame["valid_from"]).dt.as_unit("us"), pa.timestamp("us")),
+            "valid_to": pa.nulls(len(frame), pa.timestamp("us")),
+            "source": pa.array(frame["source"].to_numpy(dtype=object), pa.string()),
+            "imported_at": pa.array(pd.to_datetime(frame["imported_at"]).dt.as_unit("us"), pa.timestamp("us")),
+            "props": pa.array(_json_column(frame["props"]), pa.string()),
+            "geometry_3d": pa.array(_json_column(frame["geometry_3d"]), pa.string()),
+        }
+        for a in lay.attributes:
+            s = frame[a.name]
+            if a.type is AttrType.DATE:
+                cols[a.name] = pa.array(pd.to_datetime(s).dt.date.where(s.notna(), None), pa.date32())
+            else:
+                arrow_type = {AttrType.STR: pa.string(), AttrType.INT: pa.int64(),
+                              AttrType.FLOAT: pa.float64(), AttrType.BOOL: pa.bool_()}[a.type]
+                cols[a.name] = pa.Array.from_pandas(s, type=arrow_type)
+        cols["wkb"] = pa.array(shapely.to_wkb(geoms), pa.binary())
+        for i, c in enumerate(("minx", "miny", "maxx", "maxy")):
+            cols[c] = pa.array(bounds[:, i])
+        return pa.table(cols)
+
+    def put_raster(self, name: str, kind: str, data: bytes, *, source: str | None = None) -> None:
+        from rasterio.io import MemoryFile
+
+        with MemoryFile(data) as mem, mem.open() as ds:
+            crs = ds.crs.to_string() if ds.crs else None
+            width, height, bounds = ds.width, ds.height, list(ds.bounds)
+        with self.transaction():
+            self.con.execute("DELETE FROM rasters WHERE name = ?", [name])
+            self.con.execute("INSERT INTO rasters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [name, kind, crs, width, height, json.dumps(bounds), source, _now(), data])
+
+    def put_document(self, key: str, body: dict[str, Any]) -> None:
+        with self.transaction():
+            self.con.execute("DELETE FROM documents WHERE key = ?", [key])
+            self.con.execute("INSERT INTO documents VALUES (?, ?, ?)", [key, json.dumps(body), _now()])
+
+    # -- reading ------------------------------------------------------------------------
+    def _where(self, q: Query) -> tuple[str, list[Any]]:
+        conds: list[str] = []
+        params: list[Any] = []
+        if q.as_of is None:
+            conds.append("valid_to IS NULL")
+        else:
+            t = _naive(q.as_of)
+            conds.append("valid_from <= ? AND (valid_to IS NULL OR valid_to > ?)")
+            params += [t, t]
+        if q.ids is not None:
+            conds.append("fid IN (SELECT unnest(?::VARCHAR[]))")
+            params.append([str(i) for i in q.ids])
+        if q.classes is not None:
+            conds.append("class IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(q.classes))
+        for f in q.where:
+            sql, p = _filter_sql(f)
+            conds.append(sql)
+            params += p
+        windows: list[tuple[float, float, float, float]] = []
+        if q.bbox is not None:
+            windows.append(tuple(map(float, q.bbox)))  # type: ignore[arg-type]
+        if q.intersects is not None:
+            windows.append(tuple(shapely.bounds(q.intersects)))  # type: ignore[arg-type]
+        if q.within is not None:
+            g, d = q.within
+            b = shapely.bounds(g)
+            windows.append((b[0] - d, b[1] - d, b[2] + d, b[3] + d))
+        for minx, miny, maxx, maxy in windows:
+            conds.append("minx <= ? AND maxx >= ? AND miny <= ? AND maxy >= ?")
+            params += [maxx, minx, maxy, miny]
+        if q.intersects is not None:
+            conds.append("ST_Intersects(geom, ST_GeomFromWKB(?))")
+            params.append(shapely.to_wkb(q.intersects))
+        if q.within is not None:
+            conds.append("ST_Distance(geom, ST_GeomFromWKB(?)) <= ?")
+            params += [shapely.to_wkb(q.within[0]), float(q.within[1])]
+        return " AND ".join(conds), params
+
+    def _select(self, layer_name: str) -> str:
+        cols = [c for c, _ in _BASE_SQL] + [a.name for a in layer(layer_name).attributes]
+        return ", ".join(cols) + ", ST_AsWKB(geom) AS wkb"
+
+    def _frame(self, layer_name: str, rel: duckdb.DuckDBPyConnection) -> gpd.GeoDataFrame:
+        table = rel.to_arrow_table()
+        crs = self.meta.crs
+        if table.num_rows == 0:
+            return empty_frame(layer_name, crs)
+        wkb = table.column("wkb").to_numpy(zero_copy_only=False)
+        df = table.drop_columns(["wkb"]).to_pandas(types_mapper=_types_mapper)
+        df = df.rename(columns={"fid": "id"})
+        for col in ("props", "geometry_3d"):
+            df[col] = pd.Series([json.loads(v) if isinstance(v, str) else None for v in df[col]], index=df.index, dtype=object)
+        return gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(shapely.from_wkb(wkb), crs=crs), crs=crs)
+
+    def query(self, q: Query) -> gpd.GeoDataFrame:
+        where, params = self._where(q)
+        sql = f"SELECT {self._select(q.layer)} FROM {q.layer} WHERE {where}"
+        sql += _order_sql(q.order_by)
+        if q.limit is not None:
+            sql += f" LIMIT {int(q.limit)}"
+        if q.offset:
+            sql += f" OFFSET {int(q.offset)}"
+        with self._lock:
+            return self._frame(q.layer, self.con.execute(sql, params))
+
+    def count(self, q: Query) -> int:
+        where, params = self._where(q)
+        with self._lock:
+            return int(self.con.execute(f"SELECT count(*) FROM {q.layer} WHERE {where}", params).fetchone()[0])
+
+    def nearest(self, q: Query, point: shapely.Point, k: int) -> gpd.GeoDataFrame:
+        if k <= 0:
+            raise InvalidInput("k must be positive")
+        total = self.count(q)
+        k = min(k, total)
+        if k == 0:
+            frame = self.query(Query(**{**q.__dict__, "limit": 0}))
+            frame["distance"] = pd.Series(dtype=float)
+            return frame
+        # Grow a search window around the point until it holds k features all nearer than
+        # its half-width: then no feature outside can be nearer.
+        ext = self.meta.extent
+        if ext is not None:
+            density = total / max((ext[2] - ext[0]) * (ext[3] - ext[1]), 1.0)
+            radius = max(float(np.sqrt(4 * k / max(density, 1e-12)) / 2), 1.0)
+        else:
+            radius = 100.0
+        where, params = self._where(q)
+        px, py = point.x, point.y
+        with self._lock:
+            while True:
+                sql = (f"SELECT {self._select(q.layer)}, ST_Distance(geom, ST_Point(?, ?)) AS distance"
+                       f" FROM {q.layer} WHERE {where}"
+                       " AND minx <= ? AND maxx >= ? AND miny <= ? AND maxy >= ?"
+                       " ORDER BY distance, fid LIMIT ?")
+                window = [px + radius, px - radius, py + radius, py - radius]
+                frame = self._frame(q.layer, self.con.execute(sql, [px, py, *params, *window, k]))
+                if len(frame) >= k and frame["distance"].iloc[-1] <= radius:
+                    return frame
+                radius *= 2
+
+    def history(self, layer_name: str, fid: str) -> gpd.GeoDataFrame:
+        layer(layer_name)
+        with self._lock:
+            rel = self.con.execute(f"SELECT {self._select(layer_name)} FROM {layer_name}"
+                                   " WHERE fid = ? ORDER BY valid_from", [fid])
+            return self._frame(layer_name, rel)
+
+    def summary(self) -> list[LayerSummary]:
+        out = []
+        with self._lock:
+            for name in LAYERS:
+                n, versions, *ext = self.con.execute(
+                    f"SELECT count(*) FILTER (WHERE valid_to IS NULL), count(*),"
+                    f" min(minx) FILTER (WHERE valid_to IS NULL), min(miny) FILTER (WHERE valid_to IS NULL),"
+                    f" max(maxx) FILTER (WHERE valid_to IS NULL), max(maxy) FILTER (WHERE valid_to IS NULL)"
+                    f" FROM {name}").fetchone()
+                if versions == 0:
+                    continue
+                classes = dict(self.con.execute(
+                    f"SELECT class, count(*) FROM {name} WHERE valid_to IS NULL GROUP BY class"
+                    " ORDER BY 2 DESC, 1").fetchall())
+                sources = [r[0] for r in self.con.execute(
+                    f"SELECT DISTINCT source FROM {name} WHERE source IS NOT NULL ORDER BY 1").fetchall()]
+                out.append(LayerSummary(name, int(n), classes,
+                                        tuple(ext) if ext[0] is not None else None,  # type: ignore[arg-type]
+                                        sources, int(versions)))
+        return out
+
+    def get_raster(self, name: str) -> bytes:
+        with self._lock:
+            row = self.con.execute("SELECT data FROM rasters WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise NotFound(f"no raster {name!r} in this twin")
+        return bytes(row[0])
+
+    def rasters(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.con.execute("SELECT name, kind, crs, width, height, bounds, source FROM rasters"
+                                    " ORDER BY name").fetchall()
+        keys = ("name", "kind", "crs", "width", "height", "bounds", "source")
+        return [{**dict(zip(keys, r, strict=True)), "bounds": json.loads(r[5])} for r in rows]
+
+    def get_document(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.con.execute("SELECT body FROM documents WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def documents(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.con.execute(
+                "SELECT key FROM documents WHERE starts_with(key, ?) ORDER BY key", [prefix]).fetchall()]
+
+
+def _types_mapper(t: pa.DataType) -> Any:
+    if pa.types.is_integer(t):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(t):
+        return pd.BooleanDtype()
+    return None
+
+
+def _json_column(s: pd.Series) -> list[str | None]:
+    return [json.dumps(v) if v is not None and v == v and v != {} else None for v in s]
+
+
+def _order_sql(order_by: str | None) -> str:
+    if not order_by:
+        return ""
+    name = order_by.lstrip("-")
+    name = "fid" if name == "id" else name
+    return f" ORDER BY {name} {'DESC' if order_by.startswith('-') else 'ASC'} NULLS LAST, fid"
+
+
+def _filter_sql(f: Filter) -> tuple[str, list[Any]]:
+    col = "fid" if f.attribute == "id" else f.attribute
+    if f.op == "is_null":
+        return f"{col} IS NULL", []
+    if f.op == "not_null":
+        return f"{col} IS NOT NULL", []
+    if f.op == "in":
+        values = list(f.value)
+        if not values:
+            return "FALSE", []
+        return f"{col} IN ({', '.join('?' * len(values))})", values
+    if f.op == "like":
+        return f"{col} LIKE ?", [str(f.value)]
+    return f"{col} {f.op} ?", [f.value]
