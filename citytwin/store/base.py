@@ -19,7 +19,7 @@ import shapely
 from citytwin.errors import InvalidInput
 from citytwin.model import Feature, TwinMeta, features_from_frame, layer
 
-FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "like", "is_null", "not_null")
+FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "like", "startswith", "is_null", "not_null")
 
 
 @dataclass(frozen=True)

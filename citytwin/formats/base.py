@@ -1,0 +1,128 @@
+"""What every importer and exporter shares: the import bundle, CRS handling, loading into a store.
+
+An importer reads a file into an ``ImportBundle``: feature frames per layer already in the
+twin's CRS, rasters (GeoTIFF bytes in the twin's CRS) and documents (a network model's
+non-spatial parts). ``load_bundle`` validates everything first and then writes it in one
+transaction, so a bad file leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from citytwin.errors import InvalidInput
+from citytwin.model import validate_frame
+from citytwin.store import Store
+
+Progress = Callable[[str, int, int], None]
+"""Progress callback: (what, done, total)."""
+
+
+@dataclass
+class Raster:
+    """A raster ready for the store: GeoTIFF bytes in the twin's CRS."""
+
+    name: str
+    kind: str
+    data: bytes
+
+
+@dataclass
+class ImportBundle:
+    """Everything one source file brings into a twin."""
+
+    source: str
+    layers: dict[str, gpd.GeoDataFrame] = field(default_factory=dict)
+    rasters: list[Raster] = field(default_factory=list)
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locators: dict[str, Callable[[InvalidInput], InvalidInput]] = field(default_factory=dict)
+    """Per layer: adds the source line to a validation error, where the format has lines."""
+
+    def add(self, layer_name: str, frame: gpd.GeoDataFrame) -> None:
+        """Add features to a layer of the bundle (concatenating with what is there)."""
+        if len(frame) == 0:
+            return
+        if layer_name in self.layers:
+            frame = gpd.GeoDataFrame(
+                gpd.pd.concat([self.layers[layer_name], frame], ignore_index=True),
+                crs=frame.crs,
+            )
+        self.layers[layer_name] = frame
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(f) for name, f in self.layers.items()}
+
+
+def parse_crs(crs: Any, *, source: str | None = None) -> CRS:
+    """A pyproj CRS from user input, or a clear error naming the source."""
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError as exc:
+        raise InvalidInput(
+            f"unknown CRS {crs!r}: {exc}", source=source,
+            hint="give the source CRS as an EPSG code (e.g. --crs EPSG:3547) or a PROJ string",
+        ) from None
+
+
+def to_twin_crs(frame: gpd.GeoDataFrame, twin_crs: Any, *, source: str) -> gpd.GeoDataFrame:
+    """Reproject ``frame`` into the twin's CRS; a frame without a CRS is an error."""
+    if frame.crs is None:
+        raise InvalidInput("the source has no coordinate reference system", source=source,
+                           hint="say which one with --crs EPSG:nnnn")
+    target = parse_crs(twin_crs)
+    if frame.crs.equals(target):
+        return frame
+    out = frame.to_crs(target)
+    return out
+
+
+def load_bundle(
+    store: Store,
+    bundle: ImportBundle,
+    *,
+    valid_from: dt.datetime | None = None,
+    repair_geometry: bool = False,
+) -> dict[str, int]:
+    """Validate every frame of ``bundle`` and write it all in one transaction.
+
+    Returns the number of features written per layer. On any error nothing is written.
+    """
+    validated = {}
+    for name, frame in bundle.layers.items():
+        try:
+            validated[name] = validate_frame(name, frame, source=bundle.source,
+                                             valid_from=valid_from, repair_geometry=repair_geometry)
+        except InvalidInput as exc:
+            locate = bundle.locators.get(name)
+            raise (locate(exc) if locate else exc) from None
+    with store.transaction():
+        for name, frame in validated.items():
+            store.insert(name, frame)
+        for raster in bundle.rasters:
+            store.put_raster(raster.name, raster.kind, raster.data, source=bundle.source)
+        for key, body in bundle.documents.items():
+            store.put_document(key, body)
+    return {name: len(f) for name, f in validated.items()}
+
+
+def source_name(path: str | Path) -> str:
+    """How a source file is named in provenance and errors."""
+    return str(Path(path))
+
+
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path, or a clear error if there is no such file."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInput("no such file", source=str(p), hint="check the path")
+    if p.is_file() and p.stat().st_size == 0:
+        raise InvalidInput("the file is empty", source=str(p))
+    return p

