@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
+import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
@@ -81,6 +83,17 @@ def to_twin_crs(frame: gpd.GeoDataFrame, twin_crs: Any, *, source: str) -> gpd.G
     if frame.crs.equals(target):
         return frame
     out = frame.to_crs(target)
+    coords_ok = np.isfinite(shapely.get_coordinates(out.geometry.to_numpy())).all()
+    if not coords_ok:
+        bad = ~np.array([np.isfinite(shapely.get_coordinates(g)).all() for g in out.geometry])
+        pos = int(np.flatnonzero(bad)[0])
+        sample = shapely.get_coordinates(frame.geometry.iloc[pos])[0].tolist()
+        raise InvalidInput(
+            f"coordinates {sample} can't be transformed from {frame.crs.to_string()} to "
+            f"{target.to_string()}", source=source,
+            feature=str(frame["id"].iloc[pos]) if "id" in frame.columns else f"#{pos}",
+            hint="the source CRS is probably wrong: give the right one with --crs",
+        )
     return out
 
 

@@ -9,8 +9,10 @@ same, with any edits made to the features' typed attributes and geometry applied
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,8 @@ def read_epanet(path: str | Path, twin_crs: Any, *, crs: Any = None, id_prefix: 
     bundle.documents[f"network/{name}"] = {
         "format": "epanet", "network": "water_supply", "id_prefix": prefix,
         "crs": src_crs.to_string() if crs is not None else None, "model": model,
+        # EPANET's answer can hinge on element order (controls switching at the same step)
+        "order": {"nodes": [n["name"] for n in nodes], "links": [lk["name"] for lk in links]},
     }
     return bundle
 
@@ -104,13 +108,37 @@ def _load_model(p: Path) -> wntr.network.WaterNetworkModel:
     try:
         return wntr.network.WaterNetworkModel(str(p))
     except Exception as exc:  # wntr raises many kinds: ENSyntaxError, KeyError, ValueError ...
-        text = str(exc)
-        match = re.search(r"line (\d+)", text, re.IGNORECASE)
+        message, line = _epanet_diagnosis(p)
         raise InvalidInput(
-            f"not a readable EPANET model: {type(exc).__name__}: {text}", source=str(p),
-            line=int(match.group(1)) if match else None,
-            hint="check the INP file is complete; EPANET itself reports the same",
+            f"not a valid EPANET model: {message or f'{type(exc).__name__}: {exc}'}",
+            source=str(p), line=line,
+            hint="fix that line (a file cut short shows as undefined patterns, curves or nodes)",
         ) from None
+
+
+def _epanet_diagnosis(p: Path) -> tuple[str | None, int | None]:
+    """EPANET's own first complaint about an input file, and the line it is about."""
+    from wntr.epanet.toolkit import ENepanet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        en = ENepanet()
+        try:
+            en.ENopen(str(p), f"{tmp}/check.rpt", f"{tmp}/check.bin")
+        except Exception:  # noqa: S110 — the report below says what was wrong
+            pass
+        with contextlib.suppress(Exception):
+            en.ENclose()
+        report = Path(f"{tmp}/check.rpt").read_text(errors="replace").splitlines()
+    for i, text in enumerate(report):
+        if re.match(r"\s*Error \d+:", text):
+            message = text.strip()
+            offending = report[i + 1].strip() if i + 1 < len(report) else ""
+            if offending:
+                for n, source_line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+                    if source_line.strip() == offending:
+                        return message, n
+            return message, None
+    return None, None
 
 
 def epanet_model_dict(store: Store, network_key: str) -> dict[str, Any]:
@@ -134,6 +162,8 @@ def epanet_model_dict(store: Store, network_key: str) -> dict[str, Any]:
         return points.tolist()
 
     model = copy.deepcopy(doc["model"])
+    nodes = _in_source_order(nodes, doc["order"]["nodes"])
+    links = _in_source_order(links, doc["order"]["links"])
     model["nodes"] = []
     node_xy = xy(shapely.get_coordinates(nodes.geometry.to_numpy())) if len(nodes) else []
     for row, (x, y) in zip(nodes.itertuples(index=False), node_xy, strict=True):
@@ -163,6 +193,13 @@ def epanet_model_dict(store: Store, network_key: str) -> dict[str, Any]:
                 element[attr] = value
         model["links"].append(element)
     return model
+
+
+def _in_source_order(frame: gpd.GeoDataFrame, order: list[str]) -> gpd.GeoDataFrame:
+    """Rows in the order of the source file; features added since come after, by name."""
+    rank = {name: i for i, name in enumerate(order)}
+    key = [(rank.get(name, len(rank)), name) for name in frame["name"]]
+    return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)]
 
 
 def write_epanet(store: Store, path: str | Path, *, network_key: str) -> int:

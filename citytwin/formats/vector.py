@@ -187,7 +187,6 @@ def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = N
             raise InvalidInput(f"feature at position {pos} has no {id_field!r}", source=source,
                                feature=f"#{pos}", hint="every feature needs an id")
         out["id"] = m.id_prefix + ids.astype(str)
-        used.add(id_field)
     else:
         out["id"] = pd.Series([f"{m.id_prefix}{i + 1}" for i in range(len(frame))], index=frame.index)
 
@@ -234,12 +233,14 @@ def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = N
                 out[ref] = col.where(col.isna(), m.id_prefix + col.astype(str))
 
     # everything else is kept in props
-    rest = [c for c in src_cols if c not in used and c not in BASE_COLUMNS]
-    props = [{} for _ in range(len(frame))]
-    if "props" in src_cols:  # a CityTwin export: props travel as JSON text
+    rest = [c for c in src_cols if c not in used and c not in BASE_COLUMNS and c != id_field]
+    props: list[dict[str, Any]] = [{} for _ in range(len(frame))]
+    if "props" in src_cols:  # a CityTwin export: props travel as JSON (text, or parsed by GDAL)
         for i, v in enumerate(frame["props"]):
             if isinstance(v, str) and v:
                 props[i] = json.loads(v)
+            elif isinstance(v, dict):
+                props[i] = dict(v)
     for col in rest:
         values = frame[col].to_numpy(dtype=object)
         for i, v in enumerate(values):
