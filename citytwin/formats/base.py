@@ -9,7 +9,9 @@ transaction, so a bad file leaves the store exactly as it was.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,20 @@ class Raster:
     data: bytes
 
 
+FrameChunk = Callable[[], gpd.GeoDataFrame]
+"""Reads one piece of a large source: a mapped frame in the twin's CRS, read when called."""
+
+
 @dataclass
 class ImportBundle:
-    """Everything one source file brings into a twin."""
+    """Everything one source file brings into a twin.
+
+    A layer holds a frame, or for sources too large to hold at once, a list of chunks that
+    ``load_bundle`` reads, validates and writes a few at a time, on parallel threads.
+    """
 
     source: str
-    layers: dict[str, gpd.GeoDataFrame] = field(default_factory=dict)
+    layers: dict[str, gpd.GeoDataFrame | Iterable[FrameChunk]] = field(default_factory=dict)
     rasters: list[Raster] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     locators: dict[str, Callable[[InvalidInput], InvalidInput]] = field(default_factory=dict)
@@ -52,6 +62,8 @@ class ImportBundle:
         """Add features to a layer of the bundle (concatenating with what is there)."""
         if len(frame) == 0:
             return
+        if _is_chunked(self.layers.get(layer_name)):
+            raise ValueError(f"layer {layer_name} of this bundle is read in chunks")
         if layer_name in self.layers:
             frame = gpd.GeoDataFrame(
                 gpd.pd.concat([self.layers[layer_name], frame], ignore_index=True),
@@ -60,7 +72,8 @@ class ImportBundle:
         self.layers[layer_name] = frame
 
     def counts(self) -> dict[str, int]:
-        return {name: len(f) for name, f in self.layers.items()}
+        """Features per layer (chunked layers are counted when loaded: -1 here)."""
+        return {name: -1 if _is_chunked(f) else len(f) for name, f in self.layers.items()}
 
 
 def parse_crs(crs: Any, *, source: str | None = None) -> CRS:
@@ -108,22 +121,52 @@ def load_bundle(
 
     Returns the number of features written per layer. On any error nothing is written.
     """
-    validated = {}
-    for name, frame in bundle.layers.items():
+
+    def validated(name: str, frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         try:
-            validated[name] = validate_frame(name, frame, source=bundle.source,
-                                             valid_from=valid_from, repair_geometry=repair_geometry)
+            return validate_frame(name, frame, source=bundle.source, valid_from=valid_from,
+                                  repair_geometry=repair_geometry)
         except InvalidInput as exc:
             locate = bundle.locators.get(name)
             raise (locate(exc) if locate else exc) from None
+
+    # whole frames are checked before anything is written; chunks as they stream in
+    ready = {name: validated(name, f) for name, f in bundle.layers.items() if not _is_chunked(f)}
+    counts = {}
     with store.transaction():
-        for name, frame in validated.items():
-            store.insert(name, frame)
+        for name, content in bundle.layers.items():
+            if _is_chunked(content):
+                chunks = _parallel(lambda chunk, name=name: validated(name, chunk()), content)
+                counts[name] = store.insert_chunks(name, chunks)
+            else:
+                counts[name] = store.insert(name, ready[name])
         for raster in bundle.rasters:
             store.put_raster(raster.name, raster.kind, raster.data, source=bundle.source)
         for key, body in bundle.documents.items():
             store.put_document(key, body)
-    return {name: len(f) for name, f in validated.items()}
+    return counts
+
+
+def _is_chunked(content: Any) -> bool:
+    return content is not None and not isinstance(content, gpd.GeoDataFrame)
+
+
+def _parallel(fn: Callable[[Any], gpd.GeoDataFrame], items: Iterable[Any],
+              workers: int = 2, ahead: int = 2) -> Iterator[gpd.GeoDataFrame]:
+    """``fn`` over ``items`` on worker threads, results in order, at most ``ahead`` in flight
+    (so memory stays bounded). GEOS, Arrow and DuckDB release the GIL: both cores work."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def source_name(path: str | Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pyogrio
 import yaml
 from pyogrio.errors import DataLayerError, DataSourceError
@@ -119,6 +122,8 @@ def read_source_frame(path: str | Path, source_layer: str | None = None,
     try:
         if p.suffix.lower() in PARQUET_SUFFIXES:
             frame = gpd.read_parquet(p)
+            geo = json.loads(pq.read_schema(p).metadata[b"geo"])
+            frame = frame.drop(columns=[c for c in _covering_columns(geo) if c in frame.columns])
         else:
             frame = pyogrio.read_dataframe(p, layer=source_layer, use_arrow=True)
     except (DataSourceError, DataLayerError) as exc:
@@ -127,9 +132,7 @@ def read_source_frame(path: str | Path, source_layer: str | None = None,
     except (OSError, ValueError) as exc:  # pyarrow and GeoParquet metadata errors
         raise InvalidInput(f"can't read: {exc}", source=str(p),
                            hint="is the file complete and valid GeoParquet?") from None
-    if crs is not None:
-        frame = frame.set_crs(parse_crs(crs, source=str(p)), allow_override=True)
-    return frame
+    return _with_crs(frame, crs, str(p))
 
 
 def read_vector(
@@ -157,7 +160,14 @@ def read_vector(
         if m.source_layer is not None and m.source_layer not in names:
             raise InvalidInput(f"no layer {m.source_layer!r} in the file", source=source,
                                hint=f"layers: {', '.join(names)}")
-        frame = read_source_frame(p, m.source_layer if m.source_layer is not None else None, crs)
+        if _is_large(p, m.source_layer) and len(mappings) == 1:
+            bundle.layers[m.layer] = (
+                lambda piece=piece, m=m: to_twin_crs(
+                    apply_mapping(_with_crs(piece(), crs, source), m, source=source), twin_crs, source=source)
+                for piece in _pieces(p, m.source_layer)
+            )
+            continue
+        frame = read_source_frame(p, m.source_layer, crs)
         try:
             mapped = apply_mapping(frame, m, source=source)
         except InvalidInput as exc:
@@ -165,6 +175,63 @@ def read_vector(
         bundle.add(m.layer, to_twin_crs(mapped, twin_crs, source=source))
         bundle.locators[m.layer] = lambda exc, frame=frame, m=m: _with_line(exc, p, frame, m)
     return bundle
+
+
+CHUNK_ROWS = 65_536
+"""Sources with more features than this are read in chunks of about this many (formats with
+random access only: GeoParquet by row groups, GeoPackage and FlatGeobuf by feature ranges)."""
+
+
+def _is_large(p: Path, source_layer: str | None) -> bool:
+    suffix = p.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return pq.ParquetFile(p).metadata.num_rows > CHUNK_ROWS
+    if suffix in (".gpkg", ".fgb"):
+        return pyogrio.read_info(p, layer=source_layer)["features"] > CHUNK_ROWS
+    return False
+
+
+def _pieces(p: Path, source_layer: str | None) -> Iterator[Callable[[], gpd.GeoDataFrame]]:
+    """Stream a large file as Arrow batches; each piece turns one batch into a frame when
+    called (the costly part, done on a worker thread)."""
+    source = str(p)
+    try:
+        if p.suffix.lower() in PARQUET_SUFFIXES:
+            f = pq.ParquetFile(p)
+            geo = json.loads(f.schema_arrow.metadata[b"geo"])
+            column = geo["primary_column"]
+            crs = geo["columns"][column].get("crs", "OGC:CRS84")
+            covering = _covering_columns(geo)
+            wanted = [c for c in f.schema_arrow.names if c not in covering]
+            for batch in f.iter_batches(batch_size=CHUNK_ROWS, columns=wanted):
+                yield lambda batch=batch: _arrow_frame(batch, column, crs)
+        else:
+            with pyogrio.open_arrow(p, layer=source_layer, batch_size=CHUNK_ROWS) as (meta, reader):
+                column = meta["geometry_name"] or "wkb_geometry"
+                for batch in reader:
+                    yield lambda batch=batch, crs=meta["crs"]: _arrow_frame(batch, column, crs)
+    except (DataSourceError, DataLayerError, OSError, ValueError, KeyError) as exc:
+        raise InvalidInput(f"can't read: {exc}", source=source,
+                           hint="is the file complete and in a format GDAL reads?") from None
+
+
+def _covering_columns(geo: dict[str, Any]) -> set[str]:
+    """GeoParquet 1.1 bbox covering columns: an index of the file, not feature attributes."""
+    out = set()
+    for meta in geo.get("columns", {}).values():
+        bbox = meta.get("covering", {}).get("bbox", {})
+        out.update(v[0] for v in bbox.values() if isinstance(v, list) and v)
+    return out
+
+
+def _arrow_frame(batch: pa.RecordBatch, column: str, crs: Any) -> gpd.GeoDataFrame:
+    frame = batch.drop_columns([column]).to_pandas()
+    wkb = batch.column(column).to_numpy(zero_copy_only=False)
+    return gpd.GeoDataFrame(frame, geometry=gpd.array.from_wkb(wkb, crs=crs))
+
+
+def _with_crs(frame: gpd.GeoDataFrame, crs: Any, source: str) -> gpd.GeoDataFrame:
+    return frame if crs is None else frame.set_crs(parse_crs(crs, source=source), allow_override=True)
 
 
 def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = None) -> gpd.GeoDataFrame:

@@ -254,10 +254,6 @@ def _validated_geometry(df: gpd.GeoDataFrame, lay: Layer, fail: Any, repair: boo
             pos = int(np.flatnonzero(invalid)[0])
             raise fail(pos, f"invalid geometry: {shapely.is_valid_reason(geoms[pos])}",
                        "fix it in the source, or import with --repair-geometry")
-    coords = shapely.get_coordinates(geoms)
-    if not np.isfinite(coords).all():
-        bad = ~shapely.is_valid_input(geoms)
-        raise fail(int(np.flatnonzero(bad)[0]) if bad.any() else 0, "geometry has non-finite coordinates")
     df = df.set_geometry(gpd.GeoSeries(geoms, index=df.index, crs=df.crs))
     return df
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +108,11 @@ class Store(ABC):
     @abstractmethod
     def insert(self, layer_name: str, frame: gpd.GeoDataFrame) -> int:
         """Add new features (a validated frame); fails if an id already exists."""
+
+    def insert_chunks(self, layer_name: str, frames: Iterable[gpd.GeoDataFrame]) -> int:
+        """Insert several validated frames as one batch (for imports too big for one frame)."""
+        with self.transaction():
+            return sum(self.insert(layer_name, f) for f in frames)
 
     @abstractmethod
     def update(self, layer_name: str, frame: gpd.GeoDataFrame, at: dt.datetime | None = None) -> int:

@@ -61,6 +61,13 @@ def test_nearest_matches_brute_force(store):
         assert list(got["distance"]) == sorted(got["distance"])
 
 
+def test_nearest_with_fewer_matches_than_k(store, make_twin):
+    got = store.nearest(Query("buildings", where=[Filter("height", ">", 119.5)]), shapely.Point(0, 0), 50)
+    truth = buildings(3000)
+    assert len(got) == (truth.height > 119.5).sum() < 50
+    assert len(make_twin().nearest(Query("buildings"), shapely.Point(0, 0), 3)) == 0
+
+
 def test_attribute_filters_order_and_paging(store):
     truth = buildings(3000)
     got = store.query(Query("buildings", where=[Filter("height", ">=", 100), Filter("use", "=", "office")]))
