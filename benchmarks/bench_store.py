@@ -63,11 +63,16 @@ def tiled_buildings(count: int, seed: int = 42) -> gpd.GeoDataFrame:
             "id": [f"b{i}" for i in range(count)],
             "floors": floors,
             "height": (floors * 3.0 + rng.uniform(0, 3, count)).round(1),
-            "use": rng.choice(["residential", "office", "commercial", "industrial", "school"], count,
-                              p=[0.6, 0.15, 0.15, 0.07, 0.03]),
+            "use": rng.choice(
+                ["residential", "office", "commercial", "industrial", "school"],
+                count,
+                p=[0.6, 0.15, 0.15, 0.07, 0.03],
+            ),
             "year_built": rng.integers(1950, 2025, count),
         },
-        geometry=polys, crs=CRS)
+        geometry=polys,
+        crs=CRS,
+    )
 
 
 def import_in_subprocess(parquet: Path, twin: Path, extent: tuple[float, ...]) -> dict:
@@ -113,8 +118,12 @@ def main() -> None:
     parquet = CACHE / f"buildings-{args.count}.parquet"
     if not parquet.exists():
         t = time.perf_counter()
-        tiled_buildings(args.count).to_parquet(parquet, write_covering_bbox=True, row_group_size=65_536)
-        print(f"generated {args.count:,} footprints in {time.perf_counter() - t:.1f} s -> {parquet}")
+        tiled_buildings(args.count).to_parquet(
+            parquet, write_covering_bbox=True, row_group_size=65_536
+        )
+        print(
+            f"generated {args.count:,} footprints in {time.perf_counter() - t:.1f} s -> {parquet}"
+        )
     peer = gpd.read_parquet(parquet)
     extent = tuple(float(v) for v in peer.total_bounds)
     density = len(peer) / ((extent[2] - extent[0]) * (extent[3] - extent[1]))
@@ -123,14 +132,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         twin = Path(tmp) / "bench.twin"
         result = import_in_subprocess(parquet, twin, extent)
-        print(f"\nimport {result['counts']['buildings']:,} buildings from GeoParquet: "
-              f"{result['seconds']:.1f} s, peak memory {result['peak_mb']:.0f} MB"
-              f"   [target <= 20 s, <= 2048 MB]")
+        print(
+            f"\nimport {result['counts']['buildings']:,} buildings from GeoParquet: "
+            f"{result['seconds']:.1f} s, peak memory {result['peak_mb']:.0f} MB"
+            f"   [target <= 20 s, <= 2048 MB]"
+        )
 
         store = open_store(twin)
         # history: 10 % of the buildings get a new version a year later
         n_upd = len(peer) // 10
-        upd = store.query(Query("buildings", ids=[f"b{i}" for i in range(0, len(peer), 10)][:n_upd]))
+        upd = store.query(
+            Query("buildings", ids=[f"b{i}" for i in range(0, len(peer), 10)][:n_upd])
+        )
         upd["height"] = upd["height"] + 3.0
         t = time.perf_counter()
         store.update("buildings", upd, at=dt.datetime.now() + dt.timedelta(days=365))
@@ -150,7 +163,9 @@ def main() -> None:
         points = [(shapely.Point(x + side / 2, y + side / 2),) for x, y in zip(x0, y0, strict=True)]
 
         ours_bbox = median_ms(lambda b: len(store.query(Query("buildings", bbox=b))), boxes)
-        ours_asof = median_ms(lambda b: len(store.query(Query("buildings", bbox=b, as_of=as_of))), boxes)
+        ours_asof = median_ms(
+            lambda b: len(store.query(Query("buildings", bbox=b, as_of=as_of))), boxes
+        )
         ours_knn = median_ms(lambda p: len(store.nearest(Query("buildings"), p, 10)), points)
         store.close()
 
@@ -175,14 +190,24 @@ def main() -> None:
     peer_b = median_ms(peer_bbox, boxes)
     peer_k = median_ms(peer_knn, points)
 
-    print(f"\n{'query (median of ' + str(args.queries) + ')':<38}{'CityTwin store':>16}{'GeoPandas+STRtree':>20}  target")
-    print(f"{'bbox, ~1,000 buildings returned':<38}{ours_bbox[0]:>13.2f} ms{peer_b[0]:>17.2f} ms  <= 10 ms"
-          f"   (mean {ours_bbox[1]:.0f} vs {peer_b[1]:.0f} features)")
+    print(
+        f"\n{f'query (median of {args.queries})':<38}{'CityTwin store':>16}"
+        f"{'GeoPandas+STRtree':>20}  target"
+    )
+    print(
+        f"{'bbox, ~1,000 buildings returned':<38}{ours_bbox[0]:>13.2f} ms"
+        f"{peer_b[0]:>17.2f} ms  <= 10 ms"
+        f"   (mean {ours_bbox[1]:.0f} vs {peer_b[1]:.0f} features)"
+    )
     print(f"{'k-nearest, k = 10':<38}{ours_knn[0]:>13.2f} ms{peer_k[0]:>17.2f} ms  <= 10 ms")
-    print(f"{'bbox as of a past date':<38}{ours_asof[0]:>13.2f} ms{'-':>20}  <= 2 x current "
-          f"({ours_asof[0] / ours_bbox[0]:.2f} x)")
-    print(f"\npeer setup: read GeoParquet into memory + STRtree build {build:.1f} s; "
-          "the peer holds everything in RAM and has no history, persistence or transactions.")
+    print(
+        f"{'bbox as of a past date':<38}{ours_asof[0]:>13.2f} ms{'-':>20}  <= 2 x current "
+        f"({ours_asof[0] / ours_bbox[0]:.2f} x)"
+    )
+    print(
+        f"\npeer setup: read GeoParquet into memory + STRtree build {build:.1f} s; "
+        "the peer holds everything in RAM and has no history, persistence or transactions."
+    )
 
 
 if __name__ == "__main__":

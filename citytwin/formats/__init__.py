@@ -30,14 +30,21 @@ def detect_format(path: str | Path) -> str:
         return "cityjson" if '"CityJSON"' in head else "vector"
     if name.endswith(".inp"):
         upper = head.upper()
-        swmm = any(s in upper for s in ("[CONDUITS]", "[OUTFALLS]", "[SUBCATCHMENTS]", "FLOW_UNITS"))
+        swmm = any(
+            s in upper for s in ("[CONDUITS]", "[OUTFALLS]", "[SUBCATCHMENTS]", "FLOW_UNITS")
+        )
         return "swmm" if swmm else "epanet"
-    raise InvalidInput("can't tell the format from the file name", source=str(p),
-                       hint="name it .geojson .gpkg .shp .fgb .parquet .json (CityJSON) .osm.pbf "
-                            ".tif .inp, or pass --format")
+    raise InvalidInput(
+        "can't tell the format from the file name",
+        source=str(p),
+        hint="name it .geojson .gpkg .shp .fgb .parquet .json (CityJSON) .osm.pbf "
+        ".tif .inp, or pass --format",
+    )
 
 
-def read_any(path: str | Path, twin_crs: Any, *, fmt: str | None = None, **options: Any) -> ImportBundle:
+def read_any(
+    path: str | Path, twin_crs: Any, *, fmt: str | None = None, **options: Any
+) -> ImportBundle:
     """Read ``path`` with the importer for its format; ``options`` go to that importer."""
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
@@ -87,4 +94,12 @@ def import_file(
     return counts
 
 
-__all__ = ["FORMATS", "ImportBundle", "Raster", "detect_format", "import_file", "load_bundle", "read_any"]
+__all__ = [
+    "FORMATS",
+    "ImportBundle",
+    "Raster",
+    "detect_format",
+    "import_file",
+    "load_bundle",
+    "read_any",
+]

@@ -82,7 +82,8 @@ def parse_crs(crs: Any, *, source: str | None = None) -> CRS:
         return CRS.from_user_input(crs)
     except CRSError as exc:
         raise InvalidInput(
-            f"unknown CRS {crs!r}: {exc}", source=source,
+            f"unknown CRS {crs!r}: {exc}",
+            source=source,
             hint="give the source CRS as an EPSG code (e.g. --crs EPSG:3547) or a PROJ string",
         ) from None
 
@@ -90,8 +91,11 @@ def parse_crs(crs: Any, *, source: str | None = None) -> CRS:
 def to_twin_crs(frame: gpd.GeoDataFrame, twin_crs: Any, *, source: str) -> gpd.GeoDataFrame:
     """Reproject ``frame`` into the twin's CRS; a frame without a CRS is an error."""
     if frame.crs is None:
-        raise InvalidInput("the source has no coordinate reference system", source=source,
-                           hint="say which one with --crs EPSG:nnnn")
+        raise InvalidInput(
+            "the source has no coordinate reference system",
+            source=source,
+            hint="say which one with --crs EPSG:nnnn",
+        )
     target = parse_crs(twin_crs)
     if frame.crs.equals(target):
         return frame
@@ -103,7 +107,8 @@ def to_twin_crs(frame: gpd.GeoDataFrame, twin_crs: Any, *, source: str) -> gpd.G
         sample = shapely.get_coordinates(frame.geometry.iloc[pos])[0].tolist()
         raise InvalidInput(
             f"coordinates {sample} can't be transformed from {frame.crs.to_string()} to "
-            f"{target.to_string()}", source=source,
+            f"{target.to_string()}",
+            source=source,
             feature=str(frame["id"].iloc[pos]) if "id" in frame.columns else f"#{pos}",
             hint="the source CRS is probably wrong: give the right one with --crs",
         )
@@ -124,8 +129,13 @@ def load_bundle(
 
     def validated(name: str, frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         try:
-            return validate_frame(name, frame, source=bundle.source, valid_from=valid_from,
-                                  repair_geometry=repair_geometry)
+            return validate_frame(
+                name,
+                frame,
+                source=bundle.source,
+                valid_from=valid_from,
+                repair_geometry=repair_geometry,
+            )
         except InvalidInput as exc:
             locate = bundle.locators.get(name)
             raise (locate(exc) if locate else exc) from None
@@ -151,8 +161,9 @@ def _is_chunked(content: Any) -> bool:
     return content is not None and not isinstance(content, gpd.GeoDataFrame)
 
 
-def _parallel(fn: Callable[[Any], gpd.GeoDataFrame], items: Iterable[Any],
-              workers: int = 2, ahead: int = 2) -> Iterator[gpd.GeoDataFrame]:
+def _parallel(
+    fn: Callable[[Any], gpd.GeoDataFrame], items: Iterable[Any], workers: int = 2, ahead: int = 2
+) -> Iterator[gpd.GeoDataFrame]:
     """``fn`` over ``items`` on worker threads, results in order, at most ``ahead`` in flight
     (so memory stays bounded). GEOS, Arrow and DuckDB release the GIL: both cores work."""
     with ThreadPoolExecutor(max_workers=workers) as pool:

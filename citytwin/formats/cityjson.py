@@ -41,20 +41,31 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "cityjson-2.0.schema.json"
 
 _BUILDING_CLASSES = {"Building": "building", "BuildingPart": "building_part"}
 _OTHER_CLASSES = {
-    "Road": "road", "LandUse": "land_use", "PlantCover": "plant_cover",
-    "WaterBody": "water_body", "Bridge": "bridge", "GenericCityObject": "generic",
+    "Road": "road",
+    "LandUse": "land_use",
+    "PlantCover": "plant_cover",
+    "WaterBody": "water_body",
+    "Bridge": "bridge",
+    "GenericCityObject": "generic",
 }
 # CityJSON attribute -> buildings attribute; the layer's own names are read as well.
 _STANDARD_NAMES = {
-    "measuredHeight": "height", "storeysAboveGround": "floors",
-    "storeysBelowGround": "basement_floors", "yearOfConstruction": "year_built",
+    "measuredHeight": "height",
+    "storeysAboveGround": "floors",
+    "storeysBelowGround": "basement_floors",
+    "yearOfConstruction": "year_built",
     "function": "use",
 }
 _EXPORT_NAMES = {v: k for k, v in _STANDARD_NAMES.items()}
 _DERIVED = ("lod", "cim_level", "parent_id")  # computed from the geometry and the links
 _DEPTH = {
-    "MultiPoint": 1, "MultiLineString": 2, "MultiSurface": 3, "CompositeSurface": 3,
-    "Solid": 4, "MultiSolid": 5, "CompositeSolid": 5,
+    "MultiPoint": 1,
+    "MultiLineString": 2,
+    "MultiSurface": 3,
+    "CompositeSurface": 3,
+    "Solid": 4,
+    "MultiSolid": 5,
+    "CompositeSolid": 5,
 }
 _CIM_LEVEL = {0: 2, 1: 3, 2: 4, 3: 5, 4: 6}
 _LOD = re.compile(r"[0-9](\.[0-9])?")
@@ -98,7 +109,8 @@ class _Geometry:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "type": self.type, "lod": self.lod,
+            "type": self.type,
+            "lod": self.lod,
             "boundaries": _to_lists(self.boundaries, self.depth),
         }
         if self.semantics is not None:
@@ -167,8 +179,14 @@ class _Reader:
         links = [parents, children]
         if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in links):
             raise self.fail(oid, "'parents' and 'children' must be lists of object ids")
-        return _Object(oid, obj["type"], attrs, list(parents), list(children),
-                       [self.read_geometry(oid, g) for g in geoms])
+        return _Object(
+            oid,
+            obj["type"],
+            attrs,
+            list(parents),
+            list(children),
+            [self.read_geometry(oid, g) for g in geoms],
+        )
 
     def read_geometry(self, oid: str, g: Any) -> _Geometry:
         if not isinstance(g, dict):
@@ -180,35 +198,49 @@ class _Reader:
     def _resolve(self, oid: str, g: dict[str, Any], coords: np.ndarray, what: str) -> _Geometry:
         gtype = g.get("type")
         if gtype not in _DEPTH:
-            raise self.fail(oid, f"unknown geometry type {gtype!r}",
-                            f"CityJSON geometries are {', '.join(_DEPTH)} or GeometryInstance")
+            raise self.fail(
+                oid,
+                f"unknown geometry type {gtype!r}",
+                f"CityJSON geometries are {', '.join(_DEPTH)} or GeometryInstance",
+            )
         lod = g.get("lod")
         if isinstance(lod, int | float) and not isinstance(lod, bool):  # CityJSON 1.0: a number
             lod = str(int(lod)) if float(lod).is_integer() else str(lod)
         if not isinstance(lod, str) or not _LOD.fullmatch(lod):
-            raise self.fail(oid, f"{gtype} has a missing or bad lod {lod!r}",
-                            'give the level of detail as a string such as "1", "2.2"')
+            raise self.fail(
+                oid,
+                f"{gtype} has a missing or bad lod {lod!r}",
+                'give the level of detail as a string such as "1", "2.2"',
+            )
         sem = g.get("semantics")
         bounds = self._indices(oid, g.get("boundaries"), _DEPTH[gtype], coords, gtype, what)
         return _Geometry(gtype, lod, bounds, sem if isinstance(sem, dict) else None)
 
-    def _indices(self, oid: str, b: Any, depth: int, coords: np.ndarray, gtype: str,
-                 what: str) -> Any:
+    def _indices(
+        self, oid: str, b: Any, depth: int, coords: np.ndarray, gtype: str, what: str
+    ) -> Any:
         if not isinstance(b, list):
-            raise self.fail(oid, f"the boundaries of a {gtype} must be nested lists "
-                                 f"{_DEPTH.get(gtype, 1)} deep")
+            raise self.fail(
+                oid, f"the boundaries of a {gtype} must be nested lists {_DEPTH.get(gtype, 1)} deep"
+            )
         if depth > 1:
             return [self._indices(oid, sub, depth - 1, coords, gtype, what) for sub in b]
         idx = np.asarray(b)
         if idx.size == 0 or idx.ndim != 1 or idx.dtype.kind not in "iu":
-            raise self.fail(oid, f"the boundaries of a {gtype} must be nested lists "
-                                 f"{_DEPTH.get(gtype, 1)} deep ending in vertex indices; "
-                                 f"found {b!r:.80}")
+            raise self.fail(
+                oid,
+                f"the boundaries of a {gtype} must be nested lists "
+                f"{_DEPTH.get(gtype, 1)} deep ending in vertex indices; "
+                f"found {b!r:.80}",
+            )
         bad = (idx < 0) | (idx >= len(coords))
         if bad.any():
-            raise self.fail(oid, f"vertex index {int(idx[bad][0])} is out of range: "
-                                 f"the file has {len(coords)} {what}",
-                            "the file is corrupt or was cut short; export it again")
+            raise self.fail(
+                oid,
+                f"vertex index {int(idx[bad][0])} is out of range: "
+                f"the file has {len(coords)} {what}",
+                "the file is corrupt or was cut short; export it again",
+            )
         return coords[idx]
 
     def _instance(self, oid: str, g: dict[str, Any]) -> _Geometry:
@@ -216,14 +248,18 @@ class _Reader:
         templates = tpl.get("templates") or []
         t, ref, matrix = g.get("template"), g.get("boundaries"), g.get("transformationMatrix")
         if not (isinstance(t, int) and 0 <= t < len(templates)):
-            raise self.fail(oid, f"GeometryInstance refers to template {t!r}, "
-                                 f"the file has {len(templates)}")
+            raise self.fail(
+                oid, f"GeometryInstance refers to template {t!r}, the file has {len(templates)}"
+            )
         try:
             m = np.asarray(matrix, dtype=float).reshape(4, 4)
             local = np.asarray(tpl["vertices-templates"], dtype=float).reshape(-1, 3)
         except (TypeError, ValueError, KeyError):
-            raise self.fail(oid, "GeometryInstance needs a 16-number transformationMatrix and "
-                                 "the file needs vertices-templates") from None
+            raise self.fail(
+                oid,
+                "GeometryInstance needs a 16-number transformationMatrix and "
+                "the file needs vertices-templates",
+            ) from None
         ref_point = self._indices(oid, ref, 1, self.src_vertices, "GeometryInstance", "vertices")
         placed = local @ m[:3, :3].T + m[:3, 3] + ref_point[0]
         return self._resolve(oid, templates[t], self.to_twin(placed), "template vertices")
@@ -233,36 +269,55 @@ def _load_json(path: Path, source: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        hint = ("CityJSON Text Sequences (.city.jsonl) are not read here; convert them with cjio"
-                if exc.msg == "Extra data" else
-                "the file is truncated or corrupt; download or export it again")
-        raise InvalidInput(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                           source=source, line=exc.lineno, hint=hint) from None
+        hint = (
+            "CityJSON Text Sequences (.city.jsonl) are not read here; convert them with cjio"
+            if exc.msg == "Extra data"
+            else "the file is truncated or corrupt; download or export it again"
+        )
+        raise InvalidInput(
+            f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            source=source,
+            line=exc.lineno,
+            hint=hint,
+        ) from None
     except UnicodeDecodeError:
-        raise InvalidInput("not a UTF-8 text file", source=source,
-                           hint="CityJSON files are UTF-8 JSON") from None
+        raise InvalidInput(
+            "not a UTF-8 text file", source=source, hint="CityJSON files are UTF-8 JSON"
+        ) from None
 
 
 def _check_root(doc: Any, source: str) -> None:
     if not isinstance(doc, dict) or doc.get("type") != "CityJSON":
         found = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
-        raise InvalidInput(f'not a CityJSON file: no "type": "CityJSON" (found {found!r})',
-                           source=source, hint="give a CityJSON document (.city.json / .json)")
+        raise InvalidInput(
+            f'not a CityJSON file: no "type": "CityJSON" (found {found!r})',
+            source=source,
+            hint="give a CityJSON document (.city.json / .json)",
+        )
     version = str(doc.get("version"))
     if version not in SUPPORTED_VERSIONS:
-        raise InvalidInput(f"unsupported CityJSON version {version!r}", source=source,
-                           hint=f"CityTwin reads versions {', '.join(SUPPORTED_VERSIONS)}; "
-                                "upgrade the file with cjio (cjio in.json upgrade save out.json)")
+        raise InvalidInput(
+            f"unsupported CityJSON version {version!r}",
+            source=source,
+            hint=f"CityTwin reads versions {', '.join(SUPPORTED_VERSIONS)}; "
+            "upgrade the file with cjio (cjio in.json upgrade save out.json)",
+        )
     if not isinstance(doc.get("CityObjects"), dict) or not isinstance(doc.get("vertices"), list):
-        raise InvalidInput("a CityJSON file needs a 'CityObjects' object and a 'vertices' list",
-                           source=source, hint="the file is incomplete; export it again")
+        raise InvalidInput(
+            "a CityJSON file needs a 'CityObjects' object and a 'vertices' list",
+            source=source,
+            hint="the file is incomplete; export it again",
+        )
 
 
 def _decode_vertices(doc: dict[str, Any], source: str) -> np.ndarray:
     raw = np.array(doc["vertices"]) if doc["vertices"] else np.zeros((0, 3))
     if raw.ndim != 2 or raw.shape[1] != 3 or raw.dtype.kind not in "iuf":
-        raise InvalidInput("'vertices' must be a list of [x, y, z] numbers", source=source,
-                           hint="the file is corrupt; export it again")
+        raise InvalidInput(
+            "'vertices' must be a list of [x, y, z] numbers",
+            source=source,
+            hint="the file is corrupt; export it again",
+        )
     transform = doc.get("transform")
     if transform is None:
         return raw.astype(float)
@@ -270,15 +325,21 @@ def _decode_vertices(doc: dict[str, Any], source: str) -> np.ndarray:
         scale = np.asarray(transform["scale"], dtype=float).reshape(3)
         translate = np.asarray(transform["translate"], dtype=float).reshape(3)
     except (TypeError, ValueError, KeyError):
-        raise InvalidInput("'transform' needs 'scale' and 'translate', three numbers each",
-                           source=source, hint="the file is corrupt; export it again") from None
+        raise InvalidInput(
+            "'transform' needs 'scale' and 'translate', three numbers each",
+            source=source,
+            hint="the file is corrupt; export it again",
+        ) from None
     if raw.dtype.kind == "f":
         fractional = np.flatnonzero((raw != np.round(raw)).any(axis=1))
         if len(fractional):
             i = int(fractional[0])
-            raise InvalidInput(f"vertex {i} {raw[i].tolist()} is not made of integers, as vertices "
-                               "must be when the file has a 'transform'", source=source,
-                               hint="the file is corrupt; export it again")
+            raise InvalidInput(
+                f"vertex {i} {raw[i].tolist()} is not made of integers, as vertices "
+                "must be when the file has a 'transform'",
+                source=source,
+                hint="the file is corrupt; export it again",
+            )
     return raw * scale + translate
 
 
@@ -289,14 +350,18 @@ def _source_crs(doc: dict[str, Any], crs: Any, source: str) -> CRS:
     if not ref:
         raise InvalidInput(
             "the file does not say its coordinate reference system (metadata.referenceSystem)",
-            source=source, hint="give it with crs=..., e.g. EPSG:7415 for Dutch RD New + NAP data")
+            source=source,
+            hint="give it with crs=..., e.g. EPSG:7415 for Dutch RD New + NAP data",
+        )
     try:
         return CRS.from_user_input(ref)
     except CRSError:
         raise InvalidInput(
-            f"unknown CRS {ref!r} in metadata.referenceSystem", source=source,
+            f"unknown CRS {ref!r} in metadata.referenceSystem",
+            source=source,
             hint="correct it in the file (https://www.opengis.net/def/crs/EPSG/0/<code>) "
-                 "or give the CRS with crs=EPSG:nnnn") from None
+            "or give the CRS with crs=EPSG:nnnn",
+        ) from None
 
 
 def _projector(src: CRS, twin: CRS, source: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -312,9 +377,11 @@ def _projector(src: CRS, twin: CRS, source: str) -> Callable[[np.ndarray], np.nd
         x, y = transformer.transform(xyz[:, 0], xyz[:, 1])
         out = np.column_stack([x, y, xyz[:, 2]])
         if not np.isfinite(out).all():
-            raise InvalidInput(f"coordinates can't be transformed from {horizontal.name} "
-                               f"to {twin.name}", source=source,
-                               hint="the file's CRS is probably wrong; give the right one: crs=")
+            raise InvalidInput(
+                f"coordinates can't be transformed from {horizontal.name} to {twin.name}",
+                source=source,
+                hint="the file's CRS is probably wrong; give the right one: crs=",
+            )
         return out
 
     return project
@@ -443,9 +510,12 @@ class _Tree:
             return _footprint(obj.geometries)
         parts = [self.footprint(c) for c in self.parts(oid)]
         if not parts:
-            raise InvalidInput("the object has no geometry, nor parts with geometry",
-                               source=self.source, feature=oid,
-                               hint="give it a geometry or children (e.g. BuildingParts) with one")
+            raise InvalidInput(
+                "the object has no geometry, nor parts with geometry",
+                source=self.source,
+                feature=oid,
+                hint="give it a geometry or children (e.g. BuildingParts) with one",
+            )
         out = shapely.union_all(parts)
         return out if out.is_valid else _polygonal(out)
 
@@ -485,8 +555,10 @@ def _building_row(obj: _Object, tree: _Tree, id_prefix: str) -> dict[str, Any]:
         ground = zmin
     height = typed.get("height")
     if height is None:
-        roof, maaiveld = _first(attrs, "b3_h_dak_max", "h_dak_max"), _first(
-            attrs, "b3_h_maaiveld", "h_maaiveld")
+        roof, maaiveld = (
+            _first(attrs, "b3_h_dak_max", "h_dak_max"),
+            _first(attrs, "b3_h_maaiveld", "h_maaiveld"),
+        )
         if roof is not None and maaiveld is not None and roof > maaiveld:
             height = roof - maaiveld
         elif zmax > ground:
@@ -534,8 +606,9 @@ def _geometry_3d(obj: _Object) -> dict[str, Any] | None:
     return {"type": "CityJSONGeometry", "geometries": [g.to_dict() for g in obj.geometries]}
 
 
-def read_cityjson(path: str | Path, twin_crs: str, *, crs: Any = None,
-                  id_prefix: str = "") -> ImportBundle:
+def read_cityjson(
+    path: str | Path, twin_crs: str, *, crs: Any = None, id_prefix: str = ""
+) -> ImportBundle:
     """Read a CityJSON 1.0/1.1/2.0 file: buildings and other City Objects in the twin's CRS.
 
     ``crs`` gives (or overrides) the file's CRS, e.g. "EPSG:7415" for RD New + NAP;
@@ -569,10 +642,14 @@ def read_cityjson(path: str | Path, twin_crs: str, *, crs: Any = None,
 
 def _extruded(footprint: shapely.Geometry, ground: float, height: float | None) -> dict[str, Any]:
     """An LoD1 Solid (MultiSolid) from ``ground`` to ground + height, or an LoD0 MultiSurface."""
-    polys = [orient(shapely.remove_repeated_points(p), 1.0)
-             for p in shapely.get_parts(footprint) if p.geom_type == "Polygon"]
-    ground_surfaces = {"surfaces": [{"type": "GroundSurface"}, {"type": "RoofSurface"},
-                                    {"type": "WallSurface"}]}
+    polys = [
+        orient(shapely.remove_repeated_points(p), 1.0)
+        for p in shapely.get_parts(footprint)
+        if p.geom_type == "Polygon"
+    ]
+    ground_surfaces = {
+        "surfaces": [{"type": "GroundSurface"}, {"type": "RoofSurface"}, {"type": "WallSurface"}]
+    }
 
     def rings(poly: shapely.Polygon) -> list[np.ndarray]:
         return [np.asarray(r.coords)[:-1, :2] for r in (poly.exterior, *poly.interiors)]
@@ -581,22 +658,36 @@ def _extruded(footprint: shapely.Geometry, ground: float, height: float | None) 
         return np.column_stack([ring, np.full(len(ring), z)]).tolist()
 
     if not height or height <= 0:
-        return {"type": "MultiSurface", "lod": "0",
-                "boundaries": [[at(r, ground) for r in rings(p)] for p in polys],
-                "semantics": {"surfaces": [{"type": "GroundSurface"}], "values": [0] * len(polys)}}
+        return {
+            "type": "MultiSurface",
+            "lod": "0",
+            "boundaries": [[at(r, ground) for r in rings(p)] for p in polys],
+            "semantics": {"surfaces": [{"type": "GroundSurface"}], "values": [0] * len(polys)},
+        }
     top = ground + height
     shells, values = [], []
     for p in polys:
         rs = rings(p)
-        walls = [[[*at(r[[i, (i + 1) % len(r)]], ground), *at(r[[(i + 1) % len(r), i]], top)]]
-                 for r in rs for i in range(len(r))]
+        walls = [
+            [[*at(r[[i, (i + 1) % len(r)]], ground), *at(r[[(i + 1) % len(r), i]], top)]]
+            for r in rs
+            for i in range(len(r))
+        ]
         shells.append([[at(r[::-1], ground) for r in rs], [at(r, top) for r in rs], *walls])
         values.append([0, 1, *[2] * len(walls)])
     if len(shells) == 1:
-        return {"type": "Solid", "lod": "1", "boundaries": [shells[0]],
-                "semantics": {**ground_surfaces, "values": [values[0]]}}
-    return {"type": "MultiSolid", "lod": "1", "boundaries": [[s] for s in shells],
-            "semantics": {**ground_surfaces, "values": [[v] for v in values]}}
+        return {
+            "type": "Solid",
+            "lod": "1",
+            "boundaries": [shells[0]],
+            "semantics": {**ground_surfaces, "values": [values[0]]},
+        }
+    return {
+        "type": "MultiSolid",
+        "lod": "1",
+        "boundaries": [[s] for s in shells],
+        "semantics": {**ground_surfaces, "values": [[v] for v in values]},
+    }
 
 
 def _map_coords(b: Any, depth: int, fn: Callable[[list[float]], Any]) -> Any:
@@ -656,8 +747,9 @@ def _city_objects(features: list[Feature]) -> tuple[_Objects, dict[str, list[str
     return objects, children
 
 
-def _index_vertices(objects: _Objects,
-                    children: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+def _index_vertices(
+    objects: _Objects, children: dict[str, list[str]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Replace real coordinates by indices into shared integer vertices (in place).
 
     Sets each object's ``geographicalExtent``; returns the vertices and the translation.
@@ -676,22 +768,28 @@ def _index_vertices(objects: _Objects,
     index = iter(inverse.reshape(-1).tolist())
     for obj in objects.values():
         for g in obj["geometry"]:
-            g["boundaries"] = _map_coords(g["boundaries"], _DEPTH[g["type"]],
-                                          lambda _xyz: next(index))
-    extents = {oid: [*xyz[a:b].min(axis=0).tolist(), *xyz[a:b].max(axis=0).tolist()]
-               for oid, (a, b) in spans.items() if b > a}
+            g["boundaries"] = _map_coords(
+                g["boundaries"], _DEPTH[g["type"]], lambda _xyz: next(index)
+            )
+    extents = {
+        oid: [*xyz[a:b].min(axis=0).tolist(), *xyz[a:b].max(axis=0).tolist()]
+        for oid, (a, b) in spans.items()
+        if b > a
+    }
     for oid, kids in children.items():
         boxes = [extents[c] for c in kids if c in extents]
         if oid not in extents and boxes:
             extents[oid] = [min(e[i] for e in boxes) for i in range(3)] + [
-                max(e[i] for e in boxes) for i in range(3, 6)]
+                max(e[i] for e in boxes) for i in range(3, 6)
+            ]
     for oid, ext in extents.items():
         objects[oid]["geographicalExtent"] = ext
     return vertices, translate
 
 
-def write_cityjson(store: Store, path: str | Path, *,
-                   bbox: tuple[float, float, float, float] | None = None) -> int:
+def write_cityjson(
+    store: Store, path: str | Path, *, bbox: tuple[float, float, float, float] | None = None
+) -> int:
     """Write the twin's buildings (and parts) to a CityJSON 2.0 file; return how many.
 
     Stored 3D geometry is written as it is; a building without one gets an LoD1 block
@@ -704,7 +802,8 @@ def write_cityjson(store: Store, path: str | Path, *,
     authority = CRS.from_user_input(store.meta.crs).to_authority()
     if authority:
         metadata["referenceSystem"] = (
-            f"https://www.opengis.net/def/crs/{authority[0]}/0/{authority[1]}")
+            f"https://www.opengis.net/def/crs/{authority[0]}/0/{authority[1]}"
+        )
     if len(vertices):
         real = vertices * _SCALE + translate
         metadata["geographicalExtent"] = [*real.min(axis=0).tolist(), *real.max(axis=0).tolist()]
@@ -750,8 +849,9 @@ def _links(objects: dict[str, Any], oid: str, obj: dict[str, Any]) -> list[str]:
             if not isinstance(target, dict):
                 problems.append(f"CityObjects/{oid}/{key}: {other!r} is not a City Object")
             elif oid not in (target.get(back) or []):
-                problems.append(f"CityObjects/{oid}/{key}: {other!r} does not list {oid!r} "
-                                f"among its {back}")
+                problems.append(
+                    f"CityObjects/{oid}/{key}: {other!r} does not list {oid!r} among its {back}"
+                )
     return problems
 
 
@@ -777,8 +877,9 @@ def validate_cityjson(doc: dict[str, Any]) -> list[str]:
         geoms = obj.get("geometry")
         for k, g in enumerate(geoms if isinstance(geoms, list) else []):
             if isinstance(g, dict):
-                problems += _out_of_range(f"CityObjects/{oid}/geometry/{k}", g.get("boundaries"),
-                                          n, "vertices")
+                problems += _out_of_range(
+                    f"CityObjects/{oid}/geometry/{k}", g.get("boundaries"), n, "vertices"
+                )
         problems += _links(objects, oid, obj)
     templates = doc.get("geometry-templates")
     if isinstance(templates, dict) and isinstance(templates.get("templates"), list):
@@ -786,6 +887,10 @@ def validate_cityjson(doc: dict[str, Any]) -> list[str]:
         nt = len(tv) if isinstance(tv, list) else 0
         for k, g in enumerate(templates["templates"]):
             if isinstance(g, dict):
-                problems += _out_of_range(f"geometry-templates/templates/{k}",
-                                          g.get("boundaries"), nt, "template vertices")
+                problems += _out_of_range(
+                    f"geometry-templates/templates/{k}",
+                    g.get("boundaries"),
+                    nt,
+                    "template vertices",
+                )
     return problems

@@ -33,8 +33,14 @@ _NODE_PROPS_SKIP = ("name", "coordinates")
 _LINK_PROPS_SKIP = ("name", "start_node_name", "end_node_name", "vertices")
 
 
-def read_epanet(path: str | Path, twin_crs: Any, *, crs: Any = None, id_prefix: str | None = None,
-                network_name: str | None = None) -> ImportBundle:
+def read_epanet(
+    path: str | Path,
+    twin_crs: Any,
+    *,
+    crs: Any = None,
+    id_prefix: str | None = None,
+    network_name: str | None = None,
+) -> ImportBundle:
     """Read an EPANET INP file. ``crs`` is the CRS of its coordinates (default: the twin's).
 
     Feature ids are ``id_prefix + EPANET id`` (default prefix: the file stem and a colon);
@@ -54,17 +60,26 @@ def read_epanet(path: str | Path, twin_crs: Any, *, crs: Any = None, id_prefix: 
     node_rows = []
     for n in nodes:
         if n.get("coordinates") is None:
-            raise InvalidInput("node has no coordinates", source=source, feature=n["name"],
-                               hint="add it to the [COORDINATES] section")
+            raise InvalidInput(
+                "node has no coordinates",
+                source=source,
+                feature=n["name"],
+                hint="add it to the [COORDINATES] section",
+            )
         coords[n["name"]] = tuple(n["coordinates"])
         kind = n["node_type"]
         elevation = n.get("base_head") if kind == "Reservoir" else n.get("elevation")
-        node_rows.append({
-            "id": prefix + n["name"], "class": _NODE_CLASS[kind], "network": "water_supply",
-            "name": n["name"], "elevation": elevation,
-            "base_demand": n.get("base_demand") if kind == "Junction" else None,
-            "props": {k: v for k, v in n.items() if k not in _NODE_PROPS_SKIP},
-        })
+        node_rows.append(
+            {
+                "id": prefix + n["name"],
+                "class": _NODE_CLASS[kind],
+                "network": "water_supply",
+                "name": n["name"],
+                "elevation": elevation,
+                "base_demand": n.get("base_demand") if kind == "Junction" else None,
+                "props": {k: v for k, v in n.items() if k not in _NODE_PROPS_SKIP},
+            }
+        )
     link_rows, link_geoms = [], []
     for link in links:
         a, b = link["start_node_name"], link["end_node_name"]
@@ -74,26 +89,43 @@ def read_epanet(path: str | Path, twin_crs: Any, *, crs: Any = None, id_prefix: 
             points = [(x, y), (x + 1e-3, y)]
         link_geoms.append(shapely.LineString(points))
         kind = link["link_type"]
-        link_rows.append({
-            "id": prefix + link["name"], "class": _LINK_CLASS[kind], "network": "water_supply",
-            "name": link["name"], "from_node": prefix + a, "to_node": prefix + b,
-            "diameter": link.get("diameter"), "length": link.get("length"),
-            "roughness": link.get("roughness"),
-            "valve_type": link.get("valve_type"),
-            "initial_status": _status_text(link.get("initial_status")),
-            "props": {k: v for k, v in link.items() if k not in _LINK_PROPS_SKIP},
-        })
+        link_rows.append(
+            {
+                "id": prefix + link["name"],
+                "class": _LINK_CLASS[kind],
+                "network": "water_supply",
+                "name": link["name"],
+                "from_node": prefix + a,
+                "to_node": prefix + b,
+                "diameter": link.get("diameter"),
+                "length": link.get("length"),
+                "roughness": link.get("roughness"),
+                "valve_type": link.get("valve_type"),
+                "initial_status": _status_text(link.get("initial_status")),
+                "props": {k: v for k, v in link.items() if k not in _LINK_PROPS_SKIP},
+            }
+        )
 
     bundle = ImportBundle(source)
-    node_geoms = shapely.points(np.array([coords[n["name"]] for n in nodes], dtype=float).reshape(-1, 2))
-    for layer_name, rows, geoms in (("utility_nodes", node_rows, node_geoms),
-                                    ("utility_links", link_rows, link_geoms)):
-        frame = (gpd.GeoDataFrame(rows, geometry=list(geoms), crs=src_crs) if rows
-                 else empty_frame(layer_name, src_crs))
+    node_geoms = shapely.points(
+        np.array([coords[n["name"]] for n in nodes], dtype=float).reshape(-1, 2)
+    )
+    for layer_name, rows, geoms in (
+        ("utility_nodes", node_rows, node_geoms),
+        ("utility_links", link_rows, link_geoms),
+    ):
+        frame = (
+            gpd.GeoDataFrame(rows, geometry=list(geoms), crs=src_crs)
+            if rows
+            else empty_frame(layer_name, src_crs)
+        )
         bundle.add(layer_name, to_twin_crs(frame, twin_crs, source=source))
     bundle.documents[f"network/{name}"] = {
-        "format": "epanet", "network": "water_supply", "id_prefix": prefix,
-        "crs": src_crs.to_string() if crs is not None else None, "model": model,
+        "format": "epanet",
+        "network": "water_supply",
+        "id_prefix": prefix,
+        "crs": src_crs.to_string() if crs is not None else None,
+        "model": model,
         # EPANET's answer can hinge on element order (controls switching at the same step)
         "order": {"nodes": [n["name"] for n in nodes], "links": [lk["name"] for lk in links]},
     }
@@ -111,7 +143,8 @@ def _load_model(p: Path) -> wntr.network.WaterNetworkModel:
         message, line = _epanet_diagnosis(p)
         raise InvalidInput(
             f"not a valid EPANET model: {message or f'{type(exc).__name__}: {exc}'}",
-            source=str(p), line=line,
+            source=str(p),
+            line=line,
             hint="fix that line (a file cut short shows as undefined patterns, curves or nodes)",
         ) from None
 
@@ -122,10 +155,8 @@ def _epanet_diagnosis(p: Path) -> tuple[str | None, int | None]:
 
     with tempfile.TemporaryDirectory() as tmp:
         en = ENepanet()
-        try:
+        with contextlib.suppress(Exception):  # the report below says what was wrong
             en.ENopen(str(p), f"{tmp}/check.rpt", f"{tmp}/check.bin")
-        except Exception:  # noqa: S110 — the report below says what was wrong
-            pass
         with contextlib.suppress(Exception):
             en.ENclose()
         report = Path(f"{tmp}/check.rpt").read_text(errors="replace").splitlines()
@@ -145,8 +176,10 @@ def epanet_model_dict(store: Store, network_key: str) -> dict[str, Any]:
     """The wntr model dictionary of a stored network, rebuilt from its current features."""
     doc = store.get_document(network_key)
     if doc is None or doc.get("format") != "epanet":
-        raise InvalidInput(f"no EPANET network {network_key!r} in this twin",
-                           hint=f"networks: {', '.join(store.documents('network/')) or 'none'}")
+        raise InvalidInput(
+            f"no EPANET network {network_key!r} in this twin",
+            hint=f"networks: {', '.join(store.documents('network/')) or 'none'}",
+        )
     prefix = doc["id_prefix"]
     where = [Filter("id", "startswith", prefix), Filter("network", "=", "water_supply")]
     nodes = store.query(Query("utility_nodes", where=where, order_by="id"))
@@ -183,8 +216,8 @@ def epanet_model_dict(store: Store, network_key: str) -> dict[str, Any]:
     for row in links.itertuples(index=False):
         element = dict(row.props or {})
         element["name"] = row.name
-        element["start_node_name"] = row.from_node[len(prefix):]
-        element["end_node_name"] = row.to_node[len(prefix):]
+        element["start_node_name"] = row.from_node[len(prefix) :]
+        element["end_node_name"] = row.to_node[len(prefix) :]
         vertices = shapely.get_coordinates(row.geometry)[1:-1]
         element["vertices"] = xy(vertices) if len(vertices) else []
         for attr in ("diameter", "length", "roughness"):

@@ -55,21 +55,50 @@ IN_MEMORY_MAX_BYTES = 64 * 2**20
 """Files up to this size are parsed once and every layer is read from memory (several times
 faster for the five reads an import makes); larger files are streamed with bounded memory."""
 
-_STRUCTURAL = frozenset({
-    "id", "timestamp", "version", "changeset", "visible", "osm_type", "geometry", "tags",
-    "lon", "lat", "length", "nodes", "uid", "user",
-})
+_STRUCTURAL = frozenset(
+    {
+        "id",
+        "timestamp",
+        "version",
+        "changeset",
+        "visible",
+        "osm_type",
+        "geometry",
+        "tags",
+        "lon",
+        "lat",
+        "length",
+        "nodes",
+        "uid",
+        "user",
+    }
+)
 """pyrosm columns that are not OSM tags."""
 
 # -- buildings -------------------------------------------------------------------------
 _USE = {
     **dict.fromkeys(
-        ("apartments", "residential", "house", "detached", "semidetached_house", "terrace",
-         "dormitory", "bungalow", "cabin", "farm", "houseboat", "static_caravan"),
-        "residential"),
+        (
+            "apartments",
+            "residential",
+            "house",
+            "detached",
+            "semidetached_house",
+            "terrace",
+            "dormitory",
+            "bungalow",
+            "cabin",
+            "farm",
+            "houseboat",
+            "static_caravan",
+        ),
+        "residential",
+    ),
     **dict.fromkeys(("commercial", "retail", "kiosk", "supermarket", "hotel"), "commercial"),
     **dict.fromkeys(("industrial", "warehouse", "manufacture"), "industrial"),
-    "office": "office", "school": "school", "hospital": "hospital",
+    "office": "office",
+    "school": "school",
+    "hospital": "hospital",
     **dict.fromkeys(("university", "college"), "university"),
 }
 """Building tag values that name a common use; other values are kept as the use itself."""
@@ -78,24 +107,52 @@ _USE = {
 RAILWAYS = ("rail", "subway", "light_rail", "tram")
 
 LANE_WIDTH_M = {
-    "motorway": 3.75, "trunk": 3.5, "primary": 3.5, "secondary": 3.25, "tertiary": 3.0,
-    "unclassified": 3.0, "residential": 3.0, "living_street": 3.0, "service": 3.0,
-    "road": 3.0, "busway": 3.5, "track": 3.0,
+    "motorway": 3.75,
+    "trunk": 3.5,
+    "primary": 3.5,
+    "secondary": 3.25,
+    "tertiary": 3.0,
+    "unclassified": 3.0,
+    "residential": 3.0,
+    "living_street": 3.0,
+    "service": 3.0,
+    "road": 3.0,
+    "busway": 3.5,
+    "track": 3.0,
 }
 """Lane width by road class (``*_link`` roads take their class's); unknown road classes 3 m."""
 
 DEFAULT_LANES = {
-    "motorway": 2, "trunk": 2, "primary": 2, "secondary": 2, "tertiary": 2,
-    "unclassified": 2, "residential": 2, "living_street": 2, "road": 2,
+    "motorway": 2,
+    "trunk": 2,
+    "primary": 2,
+    "secondary": 2,
+    "tertiary": 2,
+    "unclassified": 2,
+    "residential": 2,
+    "living_street": 2,
+    "road": 2,
 }
 """Lanes of a two-way road without a ``lanes`` tag. One-way roads (except motorways and
 trunk roads, whose carriageways are mapped one way each), links, service roads, tracks and
 unknown classes count one lane."""
 
 PATH_WIDTH_M = {
-    "pedestrian": 5.0, "footway": 2.0, "cycleway": 2.0, "path": 1.5, "bridleway": 2.0,
-    "steps": 2.0, "corridor": 2.0, "trail": 1.0, "elevator": 1.5, "escalator": 1.0,
-    "ladder": 0.5, "via_ferrata": 0.5, "sidewalk": 2.0, "crossing": 3.0, "platform": 3.0,
+    "pedestrian": 5.0,
+    "footway": 2.0,
+    "cycleway": 2.0,
+    "path": 1.5,
+    "bridleway": 2.0,
+    "steps": 2.0,
+    "corridor": 2.0,
+    "trail": 1.0,
+    "elevator": 1.5,
+    "escalator": 1.0,
+    "ladder": 0.5,
+    "via_ferrata": 0.5,
+    "sidewalk": 2.0,
+    "crossing": 3.0,
+    "platform": 3.0,
 }
 """Width of ways that have no lanes (pedestrian streets, paths, steps ...)."""
 
@@ -108,8 +165,15 @@ _FALSE = ("no", "false", "0")
 # -- water -----------------------------------------------------------------------------
 _WATER_LINES = ("river", "stream", "canal")
 _WATER_CLASS = {
-    "river": "river", "oxbow": "river", "canal": "canal", "lake": "lake", "pond": "pond",
-    "reservoir": "reservoir", "basin": "reservoir", "stream": "stream", "sea": "sea",
+    "river": "river",
+    "oxbow": "river",
+    "canal": "canal",
+    "lake": "lake",
+    "pond": "pond",
+    "reservoir": "reservoir",
+    "basin": "reservoir",
+    "stream": "stream",
+    "sea": "sea",
     "wetland": "wetland",
 }
 """``water=*`` (and ``landuse=reservoir|pond``) values → class; other areas are ``water``."""
@@ -117,9 +181,21 @@ _WATER_CLASS = {
 # -- facilities ------------------------------------------------------------------------
 _FACILITY_FILTER: dict[str, list[str]] = {
     "amenity": [
-        "hospital", "clinic", "doctors", "school", "kindergarten", "university", "college",
-        "nursing_home", "social_facility", "fire_station", "police", "shelter", "bus_station",
-        "fuel", "townhall",
+        "hospital",
+        "clinic",
+        "doctors",
+        "school",
+        "kindergarten",
+        "university",
+        "college",
+        "nursing_home",
+        "social_facility",
+        "fire_station",
+        "police",
+        "shelter",
+        "bus_station",
+        "fuel",
+        "townhall",
     ],
     "railway": ["station", "halt", "subway_entrance"],
     "public_transport": ["station"],
@@ -127,13 +203,27 @@ _FACILITY_FILTER: dict[str, list[str]] = {
     "power": ["substation", "plant"],
 }
 _AMENITY_CLASS = {
-    "hospital": "hospital", "clinic": "clinic", "doctors": "clinic", "school": "school",
-    "kindergarten": "kindergarten", "university": "university", "college": "university",
-    "nursing_home": "elderly_care", "fire_station": "fire_station", "police": "police",
-    "bus_station": "bus_station", "fuel": "gas_station", "townhall": "government",
+    "hospital": "hospital",
+    "clinic": "clinic",
+    "doctors": "clinic",
+    "school": "school",
+    "kindergarten": "kindergarten",
+    "university": "university",
+    "college": "university",
+    "nursing_home": "elderly_care",
+    "fire_station": "fire_station",
+    "police": "police",
+    "bus_station": "bus_station",
+    "fuel": "gas_station",
+    "townhall": "government",
 }
 _NOT_EMERGENCY_SHELTERS = (
-    "public_transport", "picnic_shelter", "lean_to", "sun_shelter", "field_shelter", "gazebo",
+    "public_transport",
+    "picnic_shelter",
+    "lean_to",
+    "sun_shelter",
+    "field_shelter",
+    "gazebo",
 )
 """``shelter_type`` values of ``amenity=shelter`` that shelter from weather, not emergencies."""
 
@@ -162,17 +252,23 @@ def read_osm(
     if not storey_height > 0:
         raise InvalidInput(f"storey height must be positive, got {storey_height}", source=source)
     if bbox is not None and (len(bbox) != 4 or not (bbox[0] < bbox[2] and bbox[1] < bbox[3])):
-        raise InvalidInput(f"bbox {tuple(bbox)} is not an area", source=source,
-                           hint="give min lon, min lat, max lon, max lat (WGS84)")
+        raise InvalidInput(
+            f"bbox {tuple(bbox)} is not an area",
+            source=source,
+            hint="give min lon, min lat, max lon, max lat (WGS84)",
+        )
     if not p.name.lower().endswith(".pbf"):
-        raise InvalidInput("not an OSM PBF file name", source=source,
-                           hint="name it .osm.pbf; convert .osm XML with"
-                                " `osmium cat in.osm -o out.osm.pbf`")
+        raise InvalidInput(
+            "not an OSM PBF file name",
+            source=source,
+            hint="name it .osm.pbf; convert .osm XML with `osmium cat in.osm -o out.osm.pbf`",
+        )
     frames = _read_pbf(p, source, bbox, network_type)
 
     bundle = ImportBundle(source)
-    buildings = _buildings(frames["buildings"], frames["parts"], crs, id_prefix, storey_height,
-                           source)
+    buildings = _buildings(
+        frames["buildings"], frames["parts"], crs, id_prefix, storey_height, source
+    )
     bundle.add("buildings", buildings)
     bundle.add("streets", _streets(frames["roads"], frames["rails"], crs, id_prefix, source))
     bundle.add("water_bodies", _water(frames["water"], crs, id_prefix, source))
@@ -188,18 +284,24 @@ def _read_pbf(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pyrosm warns on empty results
-            osm = pyrosm.OSM(str(path), bounding_box=None if bbox is None else list(bbox),
-                             complete_relations=True, engine=engine, progress=False)
+            osm = pyrosm.OSM(
+                str(path),
+                bounding_box=None if bbox is None else list(bbox),
+                complete_relations=True,
+                engine=engine,
+                progress=False,
+            )
             return {
                 "buildings": osm.get_buildings(),
-                "parts": osm.get_data_by_custom_criteria(
-                    {"building:part": True}, keep_nodes=False),
+                "parts": osm.get_data_by_custom_criteria({"building:part": True}, keep_nodes=False),
                 "roads": osm.get_network(network_type),
                 "rails": osm.get_data_by_custom_criteria(
-                    {"railway": list(RAILWAYS)}, keep_nodes=False, keep_relations=False),
+                    {"railway": list(RAILWAYS)}, keep_nodes=False, keep_relations=False
+                ),
                 "water": osm.get_data_by_custom_criteria(
-                    {"natural": ["water"], "waterway": ["riverbank", *_WATER_LINES],
-                     "water": True}, keep_nodes=False),
+                    {"natural": ["water"], "waterway": ["riverbank", *_WATER_LINES], "water": True},
+                    keep_nodes=False,
+                ),
                 "facilities": osm.get_data_by_custom_criteria(_FACILITY_FILTER),
             }
     except (PBFException, DecodeError, zlib.error, EOFError) as exc:
@@ -207,7 +309,7 @@ def _read_pbf(
             f"not a readable OSM PBF file ({type(exc).__name__}: {str(exc)[:200]})",
             source=source,
             hint="the file is truncated or not OSM PBF: download the extract again, or check it"
-                 " with `osmium fileinfo`",
+            " with `osmium fileinfo`",
         ) from None
     except ValueError as exc:  # pyrosm's argument checks (network type, bounding box)
         raise InvalidInput(str(exc), source=source) from None
@@ -230,18 +332,24 @@ class _Elements:
 
     def subset(self, keep: np.ndarray) -> _Elements:
         idx = np.flatnonzero(keep)
-        return _Elements(self.ids[idx], [self.tags[i] for i in idx], [self.meta[i] for i in idx],
-                         self.geometry[idx], self.repaired[idx])
+        return _Elements(
+            self.ids[idx],
+            [self.tags[i] for i in idx],
+            [self.meta[i] for i in idx],
+            self.geometry[idx],
+            self.repaired[idx],
+        )
 
 
 def _elements(frame: gpd.GeoDataFrame | None, crs: Any, prefix: str, source: str) -> _Elements:
     """The elements of a pyrosm frame, reprojected, with polygons repaired and degenerate
     geometries (no area, no length) dropped."""
     if frame is None or len(frame) == 0:
-        return _Elements(np.array([], dtype=object), [], [], np.array([], dtype=object),
-                         np.array([], dtype=bool))
+        return _Elements(
+            np.array([], dtype=object), [], [], np.array([], dtype=object), np.array([], dtype=bool)
+        )
     frame = to_twin_crs(frame, crs, source=source)
-    ids = (prefix + frame["osm_type"].astype(str) + "/" + frame["id"].astype("int64").astype(str))
+    ids = prefix + frame["osm_type"].astype(str) + "/" + frame["id"].astype("int64").astype(str)
     tag_cols = [c for c in frame.columns if c not in _STRUCTURAL]
     columns = {c: frame[c].to_numpy(dtype=object) for c in tag_cols}
     extra = frame["tags"].to_numpy(dtype=object) if "tags" in frame.columns else [None] * len(frame)
@@ -256,8 +364,12 @@ def _elements(frame: gpd.GeoDataFrame | None, crs: Any, prefix: str, source: str
     elements = _Elements(ids.to_numpy(dtype=object), tags, meta, geoms, repaired)
     if not keep.all():
         dropped = elements.ids[~keep]
-        log.warning("%s: dropped %d OSM features without area or length (cut at the extract's"
-                    " edge?): %s", source, len(dropped), ", ".join(dropped[:20]))
+        log.warning(
+            "%s: dropped %d OSM features without area or length (cut at the extract's edge?): %s",
+            source,
+            len(dropped),
+            ", ".join(dropped[:20]),
+        )
         elements = elements.subset(keep)
     return elements
 
@@ -312,8 +424,9 @@ def _props(
     return out
 
 
-def _frame(el: _Elements, crs: Any, cls: Any, attrs: dict[str, Any],
-           props: list[dict[str, Any]]) -> gpd.GeoDataFrame:
+def _frame(
+    el: _Elements, crs: Any, cls: Any, attrs: dict[str, Any], props: list[dict[str, Any]]
+) -> gpd.GeoDataFrame:
     data = {"id": el.ids, "class": cls, **attrs, "props": props}
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(el.geometry, crs=crs), crs=crs)
 
@@ -329,15 +442,18 @@ def parse_length(values: pd.Series) -> pd.Series:
     metres = s.str.extract(r"^(\d+(?:[.,]\d+)?)\s*(?:m|metres?|meters?)?$")[0]
     metres = pd.to_numeric(metres.str.replace(",", ".", regex=False), errors="coerce")
     feet = s.str.extract(r"^(\d+(?:\.\d+)?)\s*(?:'|ft|feet)\s*(?:(\d+(?:\.\d+)?)\s*(?:\"|in)?)?$")
-    in_feet = (pd.to_numeric(feet[0], errors="coerce") * 0.3048
-               + pd.to_numeric(feet[1], errors="coerce").fillna(0.0) * 0.0254)
+    in_feet = (
+        pd.to_numeric(feet[0], errors="coerce") * 0.3048
+        + pd.to_numeric(feet[1], errors="coerce").fillna(0.0) * 0.0254
+    )
     return metres.fillna(in_feet).astype("float64")
 
 
 def _number(values: pd.Series) -> pd.Series:
     s = values.astype("string").str.strip().str.replace(",", ".", regex=False)
-    return pd.to_numeric(s.where(s.str.fullmatch(r"\d+(?:\.\d+)?").fillna(False)),
-                         errors="coerce").astype("float64")
+    return pd.to_numeric(
+        s.where(s.str.fullmatch(r"\d+(?:\.\d+)?").fillna(False)), errors="coerce"
+    ).astype("float64")
 
 
 def _whole(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -359,24 +475,35 @@ def _flag(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 # -- buildings -------------------------------------------------------------------------
 def _buildings(
-    frame: gpd.GeoDataFrame | None, parts_frame: gpd.GeoDataFrame | None, crs: Any, prefix: str,
-    storey_height: float, source: str,
+    frame: gpd.GeoDataFrame | None,
+    parts_frame: gpd.GeoDataFrame | None,
+    crs: Any,
+    prefix: str,
+    storey_height: float,
+    source: str,
 ) -> gpd.GeoDataFrame:
     el = _elements(frame, crs, prefix, source)
     parts = _elements(parts_frame, crs, prefix, source)
     parts = parts.subset(np.array([t.get("building") is None for t in parts.tags], dtype=bool))
     whole = _building_frame(el, crs, "building", "building", storey_height, None)
     parent = _containing(parts.geometry, whole, crs)
-    part_frame = _building_frame(parts, crs, "building_part", "building:part", storey_height,
-                                 parent)
+    part_frame = _building_frame(
+        parts, crs, "building_part", "building:part", storey_height, parent
+    )
     frames = [f for f in (whole, part_frame) if len(f)]
     if not frames:
         return whole
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
 
 
-def _building_frame(el: _Elements, crs: Any, cls: str, use_key: str, storey_height: float,
-                    parent_id: np.ndarray | None) -> gpd.GeoDataFrame:
+def _building_frame(
+    el: _Elements,
+    crs: Any,
+    cls: str,
+    use_key: str,
+    storey_height: float,
+    parent_id: np.ndarray | None,
+) -> gpd.GeoDataFrame:
     height = parse_length(el.tag("height"))
     measured = height.notna().to_numpy()
     levels_tag = el.tag("building:levels")
@@ -395,8 +522,13 @@ def _building_frame(el: _Elements, crs: Any, cls: str, use_key: str, storey_heig
     start = el.tag("start_date").astype("string")
     year = pd.to_numeric(start.str.extract(r"^(\d{4})")[0], errors="coerce").astype("Int64")
     attrs: dict[str, Any] = {
-        "name": el.tag("name"), "height": height, "height_estimated": estimated,
-        "floors": floors, "basement_floors": basement, "use": use, "year_built": year,
+        "name": el.tag("name"),
+        "height": height,
+        "height_estimated": estimated,
+        "floors": floors,
+        "basement_floors": basement,
+        "use": use,
+        "year_built": year,
     }
     if parent_id is not None:
         attrs["parent_id"] = parent_id
@@ -419,9 +551,11 @@ def _containing(geoms: np.ndarray, polygons: gpd.GeoDataFrame, crs: Any) -> np.n
     if len(geoms) == 0 or len(polygons) == 0:
         return out
     points = gpd.GeoDataFrame(geometry=gpd.GeoSeries(shapely.point_on_surface(geoms), crs=crs))
-    holders = gpd.GeoDataFrame({"holder": polygons["id"].to_numpy(),
-                                "area": polygons.geometry.area.to_numpy()},
-                               geometry=polygons.geometry.to_numpy(), crs=crs)
+    holders = gpd.GeoDataFrame(
+        {"holder": polygons["id"].to_numpy(), "area": polygons.geometry.area.to_numpy()},
+        geometry=polygons.geometry.to_numpy(),
+        crs=crs,
+    )
     hits = points.sjoin(holders, predicate="within").sort_values("area")
     hits = hits[~hits.index.duplicated(keep="first")]
     out[hits.index.to_numpy()] = hits["holder"].to_numpy()
@@ -448,8 +582,13 @@ def estimate_width(street_class: pd.Series, lanes: pd.Series, oneway: pd.Series)
     return fixed.fillna(width).astype("float64")
 
 
-def _streets(roads: gpd.GeoDataFrame | None, rails: gpd.GeoDataFrame | None, crs: Any,
-             prefix: str, source: str) -> gpd.GeoDataFrame:
+def _streets(
+    roads: gpd.GeoDataFrame | None,
+    rails: gpd.GeoDataFrame | None,
+    crs: Any,
+    prefix: str,
+    source: str,
+) -> gpd.GeoDataFrame:
     road = _street_frame(_elements(roads, crs, prefix, source), crs, "road", "highway")
     rail = _street_frame(_elements(rails, crs, prefix, source), crs, "rail", "railway")
     if len(road) and len(rail):
@@ -483,14 +622,23 @@ def _street_frame(el: _Elements, crs: Any, cls: str, class_key: str) -> gpd.GeoD
     if reverse.any():
         el.geometry[reverse] = shapely.reverse(el.geometry[reverse])
     attrs = {
-        "name": el.tag("name"), "street_class": street_class, "width": width, "lanes": lanes,
-        "oneway": oneway, "bridge": bridge, "tunnel": tunnel, "surface": el.tag("surface"),
+        "name": el.tag("name"),
+        "street_class": street_class,
+        "width": width,
+        "lanes": lanes,
+        "oneway": oneway,
+        "bridge": bridge,
+        "tunnel": tunnel,
+        "surface": el.tag("surface"),
     }
     consumed = {
-        "name": _present(el.tag("name")), class_key: _present(street_class),
+        "name": _present(el.tag("name")),
+        class_key: _present(street_class),
         "lanes": lanes_exact,
         "oneway": oneway_tag.isin(_TRUE + _FALSE).fillna(False).to_numpy(dtype=bool),
-        "bridge": bridge_plain, "tunnel": tunnel_plain, "surface": _present(el.tag("surface")),
+        "bridge": bridge_plain,
+        "tunnel": tunnel_plain,
+        "surface": _present(el.tag("surface")),
         "width": measured,
     }
     extra = {"width_estimated": np.where(measured, None, True)}
@@ -531,8 +679,9 @@ def _facility_class(el: _Elements) -> pd.Series:
         el.tag("social_facility").isin(["nursing_home", "assisted_living"])
         | el.tag("social_facility:for").isin(["senior", "elderly"])
     )
-    shelter = ((amenity == "shelter") & ~el.tag("shelter_type").isin(_NOT_EMERGENCY_SHELTERS)
-               | (el.tag("emergency") == "assembly_point"))
+    shelter = (amenity == "shelter") & ~el.tag("shelter_type").isin(_NOT_EMERGENCY_SHELTERS) | (
+        el.tag("emergency") == "assembly_point"
+    )
     power = el.tag("power").map({"substation": "substation", "plant": "power_plant"})
     rules = [
         (amenity.map(_AMENITY_CLASS), None),
@@ -553,8 +702,9 @@ def _facility_class(el: _Elements) -> pd.Series:
     return out
 
 
-def _facilities(frame: gpd.GeoDataFrame | None, buildings: gpd.GeoDataFrame, crs: Any,
-                prefix: str, source: str) -> gpd.GeoDataFrame:
+def _facilities(
+    frame: gpd.GeoDataFrame | None, buildings: gpd.GeoDataFrame, crs: Any, prefix: str, source: str
+) -> gpd.GeoDataFrame:
     el = _elements(frame, crs, prefix, source)
     cls = _facility_class(el)
     keep = cls.notna().to_numpy()
@@ -567,12 +717,16 @@ def _facilities(frame: gpd.GeoDataFrame | None, buildings: gpd.GeoDataFrame, crs
     people = capacity.where(~use_beds, beds)
     in_building = buildings[buildings["class"] == "building"] if len(buildings) else buildings
     attrs = {
-        "name": el.tag("name"), "operator": el.tag("operator"), "capacity": people,
+        "name": el.tag("name"),
+        "operator": el.tag("operator"),
+        "capacity": people,
         "critical": cls.isin(CRITICAL_FACILITIES).to_numpy(),
         "building_id": _containing(el.geometry, in_building, crs),
     }
     consumed = {
-        "name": _present(el.tag("name")), "operator": _present(el.tag("operator")),
-        "beds": use_beds, "capacity": capacity.notna().to_numpy(dtype=bool) & ~use_beds,
+        "name": _present(el.tag("name")),
+        "operator": _present(el.tag("operator")),
+        "beds": use_beds,
+        "capacity": capacity.notna().to_numpy(dtype=bool) & ~use_beds,
     }
     return _frame(el, crs, cls.to_numpy(dtype=object), attrs, _props(el, consumed))

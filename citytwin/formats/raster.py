@@ -60,8 +60,11 @@ def read_geotiff(
     p = require_file(path)
     source = source_name(p)
     if kind not in RASTER_KINDS:
-        raise InvalidInput(f"unknown raster kind {kind!r}", source=source,
-                           hint=f"use one of {', '.join(RASTER_KINDS)}")
+        raise InvalidInput(
+            f"unknown raster kind {kind!r}",
+            source=source,
+            hint=f"use one of {', '.join(RASTER_KINDS)}",
+        )
     method = _resampling(resampling, kind, source)
     dst_crs = _rio_crs(parse_crs(twin_crs, source=source))
     if resolution is not None and not resolution > 0:
@@ -69,33 +72,46 @@ def read_geotiff(
     if bounds is not None and (
         len(bounds) != 4 or not (bounds[0] < bounds[2] and bounds[1] < bounds[3])
     ):
-        raise InvalidInput(f"bounds {tuple(bounds)} are not an area", source=source,
-                           hint="give minx, miny, maxx, maxy in the twin's CRS")
+        raise InvalidInput(
+            f"bounds {tuple(bounds)} are not an area",
+            source=source,
+            hint="give minx, miny, maxx, maxy in the twin's CRS",
+        )
     try:
         with rasterio.open(p) as ds:
             src_crs = _source_crs(ds, crs, source)
             if ds.transform.is_identity:
-                raise InvalidInput("the raster is not georeferenced (no geotransform)",
-                                   source=source,
-                                   hint="georeference it first (e.g. gdal_translate -a_ullr)")
+                raise InvalidInput(
+                    "the raster is not georeferenced (no geotransform)",
+                    source=source,
+                    hint="georeference it first (e.g. gdal_translate -a_ullr)",
+                )
             values = ds.read()
             src_transform, src_bounds, src_nodata = ds.transform, ds.bounds, ds.nodata
             tags, descriptions, units = ds.tags(), ds.descriptions, ds.units
     except RasterioError as exc:
-        raise InvalidInput(f"not a readable raster: {exc.__cause__ or exc}", source=source,
-                           hint=_TIFF_HINT) from None
+        raise InvalidInput(
+            f"not a readable raster: {exc.__cause__ or exc}", source=source, hint=_TIFF_HINT
+        ) from None
 
     count, height, width = values.shape
     dst_transform, dst_width, dst_height = calculate_default_transform(
-        src_crs, dst_crs, width, height, *src_bounds, resolution=resolution)
+        src_crs, dst_crs, width, height, *src_bounds, resolution=resolution
+    )
     if bounds is not None:
         res = resolution or dst_transform.a
         covered = transform_bounds(src_crs, dst_crs, *src_bounds)
-        if (bounds[0] >= covered[2] or bounds[2] <= covered[0] or bounds[1] >= covered[3]
-                or bounds[3] <= covered[1]):
+        if (
+            bounds[0] >= covered[2]
+            or bounds[2] <= covered[0]
+            or bounds[1] >= covered[3]
+            or bounds[3] <= covered[1]
+        ):
             raise InvalidInput(
-                f"bounds {tuple(bounds)} do not overlap the raster", source=source,
-                hint=f"the raster covers {tuple(round(v, 1) for v in covered)} in the twin's CRS")
+                f"bounds {tuple(bounds)} do not overlap the raster",
+                source=source,
+                hint=f"the raster covers {tuple(round(v, 1) for v in covered)} in the twin's CRS",
+            )
         dst_transform = Affine(res, 0.0, bounds[0], 0.0, -res, bounds[3])
         dst_width = max(1, math.ceil((bounds[2] - bounds[0]) / res - 1e-9))
         dst_height = max(1, math.ceil((bounds[3] - bounds[1]) / res - 1e-9))
@@ -103,12 +119,23 @@ def read_geotiff(
     dst_nodata = _nodata(values.dtype, src_nodata)
     out = np.full((count, dst_height, dst_width), dst_nodata, dtype=values.dtype)
     try:
-        reproject(values, out, src_transform=src_transform, src_crs=src_crs,
-                  src_nodata=src_nodata, dst_transform=dst_transform, dst_crs=dst_crs,
-                  dst_nodata=dst_nodata, resampling=method)
+        reproject(
+            values,
+            out,
+            src_transform=src_transform,
+            src_crs=src_crs,
+            src_nodata=src_nodata,
+            dst_transform=dst_transform,
+            dst_crs=dst_crs,
+            dst_nodata=dst_nodata,
+            resampling=method,
+        )
     except RasterioError as exc:
-        raise InvalidInput(f"can't reproject the raster into {twin_crs}: {exc}", source=source,
-                           hint="check the source CRS (pass crs=...)") from None
+        raise InvalidInput(
+            f"can't reproject the raster into {twin_crs}: {exc}",
+            source=source,
+            hint="check the source CRS (pass crs=...)",
+        ) from None
     data = _geotiff_bytes(out, dst_crs, dst_transform, dst_nodata, tags, descriptions, units)
     bundle = ImportBundle(source)
     bundle.rasters.append(Raster(name, kind, data))
@@ -120,8 +147,11 @@ def _resampling(resampling: str | None, kind: str, source: str) -> Resampling:
     try:
         return Resampling[name]
     except KeyError:
-        raise InvalidInput(f"unknown resampling method {name!r}", source=source,
-                           hint=f"use one of {', '.join(m.name for m in Resampling)}") from None
+        raise InvalidInput(
+            f"unknown resampling method {name!r}",
+            source=source,
+            hint=f"use one of {', '.join(m.name for m in Resampling)}",
+        ) from None
 
 
 def _rio_crs(crs: CRS) -> RioCRS:
@@ -134,13 +164,19 @@ def _source_crs(ds: DatasetReader, crs: Any, source: str) -> RioCRS:
     if crs is not None:
         return _rio_crs(parse_crs(crs, source=source))
     if ds.crs is None:
-        raise InvalidInput("the raster has no coordinate reference system", source=source,
-                           hint="say which one with crs=EPSG:nnnn (--crs)")
+        raise InvalidInput(
+            "the raster has no coordinate reference system",
+            source=source,
+            hint="say which one with crs=EPSG:nnnn (--crs)",
+        )
     try:
         return _rio_crs(CRS.from_wkt(ds.crs.to_wkt()))
     except CRSError as exc:
-        raise InvalidInput(f"unknown CRS in the raster: {exc}", source=source,
-                           hint="give the right one with crs=EPSG:nnnn (--crs)") from None
+        raise InvalidInput(
+            f"unknown CRS in the raster: {exc}",
+            source=source,
+            hint="give the right one with crs=EPSG:nnnn (--crs)",
+        ) from None
 
 
 def _nodata(dtype: np.dtype, nodata: float | None) -> float | int:
@@ -154,17 +190,32 @@ def _nodata(dtype: np.dtype, nodata: float | None) -> float | int:
     return int(info.max if info.min == 0 else info.min)
 
 
-def _geotiff_bytes(values: np.ndarray, crs: RioCRS, transform: Any, nodata: float | int,
-                   tags: dict[str, str], descriptions: tuple[str | None, ...],
-                   units: tuple[str | None, ...]) -> bytes:
+def _geotiff_bytes(
+    values: np.ndarray,
+    crs: RioCRS,
+    transform: Any,
+    nodata: float | int,
+    tags: dict[str, str],
+    descriptions: tuple[str | None, ...],
+    units: tuple[str | None, ...],
+) -> bytes:
     """A tiled, deflate-compressed GeoTIFF of ``values`` (bands, rows, columns)."""
     count, height, width = values.shape
     floating = np.issubdtype(values.dtype, np.floating)
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": count,
-        "dtype": values.dtype.name, "crs": crs, "transform": transform, "nodata": nodata,
-        "compress": "deflate", "predictor": 3 if floating else 2, "tiled": True,
-        "blockxsize": 256, "blockysize": 256,
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": values.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "predictor": 3 if floating else 2,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
     }
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
@@ -185,8 +236,9 @@ def open_raster(data: bytes) -> Iterator[DatasetReader]:
         try:
             ds = mem.open()
         except RasterioError as exc:
-            raise InvalidInput(f"the raster data is not a GeoTIFF: {exc}",
-                               hint=_TIFF_HINT) from None
+            raise InvalidInput(
+                f"the raster data is not a GeoTIFF: {exc}", hint=_TIFF_HINT
+            ) from None
         with ds:
             yield ds
 

@@ -38,10 +38,19 @@ US_FLOW_UNITS = ("CFS", "GPM", "MGD")
 """Flow units that make a SWMM file use US units: feet, acres."""
 DRAINAGE_NETWORKS = ("storm", "sewer", "combined")
 
-NODE_SECTIONS = {"JUNCTIONS": "manhole", "OUTFALLS": "outfall", "STORAGE": "storage",
-                 "DIVIDERS": "divider"}
-LINK_SECTIONS = {"CONDUITS": "conduit", "PUMPS": "pump", "ORIFICES": "orifice", "WEIRS": "weir",
-                 "OUTLETS": "outlet"}
+NODE_SECTIONS = {
+    "JUNCTIONS": "manhole",
+    "OUTFALLS": "outfall",
+    "STORAGE": "storage",
+    "DIVIDERS": "divider",
+}
+LINK_SECTIONS = {
+    "CONDUITS": "conduit",
+    "PUMPS": "pump",
+    "ORIFICES": "orifice",
+    "WEIRS": "weir",
+    "OUTLETS": "outlet",
+}
 _NODE_SECTION_OF = {v: k for k, v in NODE_SECTIONS.items()}
 _LINK_SECTION_OF = {v: k for k, v in LINK_SECTIONS.items()}
 _GEOMETRY_SECTIONS = ("COORDINATES", "VERTICES", "POLYGONS")
@@ -49,7 +58,8 @@ _LINK_EXTRA_SECTIONS = {"XSECTIONS": "xsection", "LOSSES": "losses"}
 _LAYER_OF = {
     **dict.fromkeys((*NODE_SECTIONS, "COORDINATES"), "utility_nodes"),
     **dict.fromkeys((*LINK_SECTIONS, *_LINK_EXTRA_SECTIONS, "VERTICES"), "utility_links"),
-    "SUBCATCHMENTS": "zones", "POLYGONS": "zones",
+    "SUBCATCHMENTS": "zones",
+    "POLYGONS": "zones",
 }
 _FEATURE_SECTIONS = tuple(_LAYER_OF)
 
@@ -60,29 +70,101 @@ _LAYOUT: dict[str, tuple[str, ...]] = {
     "JUNCTIONS": ("elevation", "max_depth", "init_depth", "surcharge_depth", "ponded_area"),
     "OUTFALLS": ("elevation", "outfall_type", "*params"),
     "STORAGE": ("elevation", "max_depth", "init_depth", "shape", "*params"),
-    "DIVIDERS": ("elevation", "diverted_link", "divider_type", "*divider_params", "max_depth",
-                 "init_depth", "surcharge_depth", "ponded_area"),
-    "CONDUITS": ("@from", "@to", "length", "roughness", "in_offset", "out_offset", "init_flow",
-                 "max_flow"),
+    "DIVIDERS": (
+        "elevation",
+        "diverted_link",
+        "divider_type",
+        "*divider_params",
+        "max_depth",
+        "init_depth",
+        "surcharge_depth",
+        "ponded_area",
+    ),
+    "CONDUITS": (
+        "@from",
+        "@to",
+        "length",
+        "roughness",
+        "in_offset",
+        "out_offset",
+        "init_flow",
+        "max_flow",
+    ),
     "PUMPS": ("@from", "@to", "pump_curve", "pump_status", "startup_depth", "shutoff_depth"),
-    "ORIFICES": ("@from", "@to", "orifice_type", "offset", "discharge_coeff", "gated",
-                 "close_time"),
-    "WEIRS": ("@from", "@to", "weir_type", "crest_height", "discharge_coeff", "gated",
-              "end_contractions", "end_coeff", "surcharge", "road_width", "road_surface",
-              "coeff_curve"),
+    "ORIFICES": (
+        "@from",
+        "@to",
+        "orifice_type",
+        "offset",
+        "discharge_coeff",
+        "gated",
+        "close_time",
+    ),
+    "WEIRS": (
+        "@from",
+        "@to",
+        "weir_type",
+        "crest_height",
+        "discharge_coeff",
+        "gated",
+        "end_contractions",
+        "end_coeff",
+        "surcharge",
+        "road_width",
+        "road_surface",
+        "coeff_curve",
+    ),
     "OUTLETS": ("@from", "@to", "offset", "outlet_type", "*params"),
-    "SUBCATCHMENTS": ("rain_gage", "@outlet", "area", "imperviousness", "width", "slope",
-                      "curb_length", "snow_pack"),
+    "SUBCATCHMENTS": (
+        "rain_gage",
+        "@outlet",
+        "area",
+        "imperviousness",
+        "width",
+        "slope",
+        "curb_length",
+        "snow_pack",
+    ),
 }
 _REQUIRED = {  # fields SWMM needs in a row, after the name
-    "JUNCTIONS": 1, "OUTFALLS": 2, "STORAGE": 5, "DIVIDERS": 3, "CONDUITS": 6, "PUMPS": 3,
-    "ORIFICES": 5, "WEIRS": 5, "OUTLETS": 5, "SUBCATCHMENTS": 7, "XSECTIONS": 2, "LOSSES": 3,
-    "COORDINATES": 2, "VERTICES": 2, "POLYGONS": 2,
+    "JUNCTIONS": 1,
+    "OUTFALLS": 2,
+    "STORAGE": 5,
+    "DIVIDERS": 3,
+    "CONDUITS": 6,
+    "PUMPS": 3,
+    "ORIFICES": 5,
+    "WEIRS": 5,
+    "OUTLETS": 5,
+    "SUBCATCHMENTS": 7,
+    "XSECTIONS": 2,
+    "LOSSES": 3,
+    "COORDINATES": 2,
+    "VERTICES": 2,
+    "POLYGONS": 2,
 }
 _NUMERIC = {
-    "x", "y", "geom1", "elevation", "max_depth", "init_depth", "surcharge_depth", "ponded_area",
-    "length", "roughness", "init_flow", "max_flow", "startup_depth", "shutoff_depth",
-    "discharge_coeff", "close_time", "crest_height", "area", "imperviousness", "width", "slope",
+    "x",
+    "y",
+    "geom1",
+    "elevation",
+    "max_depth",
+    "init_depth",
+    "surcharge_depth",
+    "ponded_area",
+    "length",
+    "roughness",
+    "init_flow",
+    "max_flow",
+    "startup_depth",
+    "shutoff_depth",
+    "discharge_coeff",
+    "close_time",
+    "crest_height",
+    "area",
+    "imperviousness",
+    "width",
+    "slope",
     "curb_length",
 }
 _OFFSETS = {"in_offset", "out_offset", "offset"}  # numbers, or "*" (at the node's invert)
@@ -141,8 +223,14 @@ def _data_part(line: str) -> tuple[str, bool]:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def read_swmm(path: str | Path, twin_crs: Any, *, crs: Any = None, network: str = "storm",
-              id_prefix: str | None = None) -> ImportBundle:
+def read_swmm(
+    path: str | Path,
+    twin_crs: Any,
+    *,
+    crs: Any = None,
+    network: str = "storm",
+    id_prefix: str | None = None,
+) -> ImportBundle:
     """Read a SWMM 5 INP file into nodes, links and subcatchments plus a network document.
 
     ``crs`` is the CRS of the file's coordinates (SWMM files carry none; default: the twin's).
@@ -153,8 +241,11 @@ def read_swmm(path: str | Path, twin_crs: Any, *, crs: Any = None, network: str 
     p = require_file(path)
     source = str(p)
     if network not in DRAINAGE_NETWORKS:
-        raise InvalidInput(f"unknown drainage network type {network!r}", source=source,
-                           hint="use storm, sewer or combined")
+        raise InvalidInput(
+            f"unknown drainage network type {network!r}",
+            source=source,
+            hint="use storm, sewer or combined",
+        )
     prefix = f"{p.stem}:" if id_prefix is None else id_prefix
     src_crs = parse_crs(crs, source=source) if crs is not None else parse_crs(twin_crs)
     text, encoding = _read_text(p)
@@ -173,8 +264,10 @@ def read_swmm(path: str | Path, twin_crs: Any, *, crs: Any = None, network: str 
         if frame is not None:
             bundle.add(layer_name, to_twin_crs(frame, twin_crs, source=source))
     if zones[0]:
-        bundle.add("zones", reader.zone_frame(*zones, src_crs, twin_crs,
-                                              bundle.layers.get("utility_nodes")))
+        bundle.add(
+            "zones",
+            reader.zone_frame(*zones, src_crs, twin_crs, bundle.layers.get("utility_nodes")),
+        )
 
     for layer_name, where in reader.lines.items():  # schema errors name the feature's row
         bundle.locators[layer_name] = lambda exc, where=where: _at_row(exc, where)
@@ -190,17 +283,21 @@ def read_swmm(path: str | Path, twin_crs: Any, *, crs: Any = None, network: str 
         "section_order": [s.key for s in sections],
         "sections": {s.key: s.lines for s in sections},
         "tails": {s.key: s.tail for s in sections if s.tail},
-        "order": {s.key: list(dict.fromkeys(r.name for r in s.rows))
-                  for s in sections if s.rows},
+        "order": {s.key: list(dict.fromkeys(r.name for r in s.rows)) for s in sections if s.rows},
     }
     return bundle
 
 
 def _at_row(exc: InvalidInput, where: dict[str, int]) -> InvalidInput:
     line = where.get(exc.feature or "")
-    return InvalidInput(exc.message, source=exc.source, layer=exc.layer, feature=exc.feature,
-                        line=exc.line if line is None else line,
-                        hint=exc.hint or "correct the value in this row of the SWMM file")
+    return InvalidInput(
+        exc.message,
+        source=exc.source,
+        layer=exc.layer,
+        feature=exc.feature,
+        line=exc.line if line is None else line,
+        hint=exc.hint or "correct the value in this row of the SWMM file",
+    )
 
 
 def _read_text(p: Path) -> tuple[str, str]:
@@ -221,8 +318,12 @@ def _parse(text: str, source: str) -> tuple[list[str], list[_Section]]:
         stripped = line.strip()
         if stripped.startswith("["):
             if "]" not in stripped:
-                raise InvalidInput(f"unclosed section header {stripped!r}", source=source,
-                                   line=number, hint="write section headers as [NAME]")
+                raise InvalidInput(
+                    f"unclosed section header {stripped!r}",
+                    source=source,
+                    line=number,
+                    hint="write section headers as [NAME]",
+                )
             name = stripped[1 : stripped.index("]")].strip().upper()
             if name in first and name in _FEATURE_SECTIONS:
                 current = first[name]  # a repeated feature section continues the first one
@@ -236,8 +337,12 @@ def _parse(text: str, source: str) -> tuple[list[str], list[_Section]]:
             continue
         if current is None:
             if stripped and not stripped.startswith(";"):
-                raise InvalidInput("data before the first [SECTION] header", source=source,
-                                   line=number, hint="is this a SWMM 5 input file?")
+                raise InvalidInput(
+                    "data before the first [SECTION] header",
+                    source=source,
+                    line=number,
+                    hint="is this a SWMM 5 input file?",
+                )
             preamble.append(line)
             continue
         if current.name not in _FEATURE_SECTIONS:
@@ -245,16 +350,23 @@ def _parse(text: str, source: str) -> tuple[list[str], list[_Section]]:
             continue
         data, open_quote = _data_part(line)
         if open_quote:
-            raise InvalidInput("unbalanced double quote", source=source, line=number,
-                               hint="the file may be truncated or garbled")
+            raise InvalidInput(
+                "unbalanced double quote",
+                source=source,
+                line=number,
+                hint="the file may be truncated or garbled",
+            )
         tokens = _TOKEN.findall(data)
         if not tokens:
             (current.lines if not current.rows else current.tail).append(line)
             continue
         current.rows.append(_Row(number, tokens))
     if not any(s.name in NODE_SECTIONS for s in sections):
-        raise InvalidInput("no [JUNCTIONS], [OUTFALLS], [STORAGE] or [DIVIDERS] section",
-                           source=source, hint="is this a SWMM 5 input file?")
+        raise InvalidInput(
+            "no [JUNCTIONS], [OUTFALLS], [STORAGE] or [DIVIDERS] section",
+            source=source,
+            hint="is this a SWMM 5 input file?",
+        )
     return preamble, sections
 
 
@@ -267,8 +379,9 @@ def _units(options: _Section | None, source: str) -> _Units:
     us = values.get("FLOW_UNITS", "CFS") in US_FLOW_UNITS
     offsets = values.get("LINK_OFFSETS", "DEPTH")
     if offsets not in ("DEPTH", "ELEVATION"):
-        raise InvalidInput(f"unknown LINK_OFFSETS {offsets!r}", source=source,
-                           hint="use DEPTH or ELEVATION")
+        raise InvalidInput(
+            f"unknown LINK_OFFSETS {offsets!r}", source=source, hint="use DEPTH or ELEVATION"
+        )
     return _Units(FT if us else 1.0, ACRE if us else HECTARE, offsets)
 
 
@@ -323,8 +436,9 @@ def _number(tok: str | None) -> float | None:
 class _Reader:
     """Turns the parsed sections into feature rows, checking references as it goes."""
 
-    def __init__(self, source: str, prefix: str, network: str, units: _Units,
-                 sections: dict[str, _Section]) -> None:
+    def __init__(
+        self, source: str, prefix: str, network: str, units: _Units, sections: dict[str, _Section]
+    ) -> None:
         self.source, self.prefix, self.network, self.units = source, prefix, network, units
         self.sections = sections
         self.node_names: dict[str, str] = {}  # casefolded SWMM name -> name
@@ -333,11 +447,22 @@ class _Reader:
         self.sub_names: dict[str, str] = {}
         self.lines: dict[str, dict[str, int]] = {}  # layer -> feature id -> line of its row
 
-    def fail(self, message: str, row: _Row | None, layer: str | None = None,
-             name: str | None = None, hint: str | None = None) -> InvalidInput:
-        return InvalidInput(message, source=self.source, layer=layer,
-                            feature=self.prefix + name if name is not None else None,
-                            line=row.line if row else None, hint=hint)
+    def fail(
+        self,
+        message: str,
+        row: _Row | None,
+        layer: str | None = None,
+        name: str | None = None,
+        hint: str | None = None,
+    ) -> InvalidInput:
+        return InvalidInput(
+            message,
+            source=self.source,
+            layer=layer,
+            feature=self.prefix + name if name is not None else None,
+            line=row.line if row else None,
+            hint=hint,
+        )
 
     def rows(self, section: str) -> list[_Row]:
         s = self.sections.get(section)
@@ -354,7 +479,11 @@ class _Reader:
         if len(row.tokens) - 1 < need:
             raise self.fail(
                 f"[{section}] row has {len(row.tokens)} field(s), needs at least {need + 1}",
-                row, layer, row.name, "the file may be truncated or garbled; complete the row")
+                row,
+                layer,
+                row.name,
+                "the file may be truncated or garbled; complete the row",
+            )
         if section in _GEOMETRY_SECTIONS:
             out = {"x": row.tokens[1], "y": row.tokens[2]}
         elif section == "XSECTIONS" and row.tokens[1].upper() not in _NO_GEOM1:
@@ -364,12 +493,18 @@ class _Reader:
         for key, tok in out.items():
             needs_number = key in _NUMERIC or (key in _OFFSETS and tok != "*")
             if needs_number and _number(tok) is None:
-                raise self.fail(f"[{section}] {key} {tok!r} is not a number", row, layer, row.name,
-                                "write a number there")
+                raise self.fail(
+                    f"[{section}] {key} {tok!r} is not a number",
+                    row,
+                    layer,
+                    row.name,
+                    "write a number there",
+                )
         return out
 
-    def points(self, section: str, layer: str, known: dict[str, str]
-               ) -> dict[str, list[tuple[float, float]]]:
+    def points(
+        self, section: str, layer: str, known: dict[str, str]
+    ) -> dict[str, list[tuple[float, float]]]:
         """Coordinates by object name from a geometry section (rows of unknown objects kept)."""
         out: dict[str, list[tuple[float, float]]] = {}
         s = self.sections.get(section)
@@ -392,8 +527,13 @@ class _Reader:
                 fields = row.fields
                 key = row.name.casefold()
                 if key in self.node_names:
-                    raise self.fail("duplicate node name", row, layer, row.name,
-                                    "node names must be unique across all node sections")
+                    raise self.fail(
+                        "duplicate node name",
+                        row,
+                        layer,
+                        row.name,
+                        "node names must be unique across all node sections",
+                    )
                 self.node_names[key] = row.name
                 self.lines.setdefault(layer, {})[self.prefix + row.name] = row.line
                 self.node_invert[row.name] = float(fields["elevation"])
@@ -410,21 +550,31 @@ class _Reader:
             invert = float(fields["elevation"]) * ft
             max_depth = _number(fields.get("max_depth"))
             depth = max_depth * ft if max_depth and max_depth > 0 else None
-            records.append({
-                "id": self.prefix + row.name, "class": NODE_SECTIONS[section],
-                "network": self.network, "name": row.name, "invert_level": invert,
-                "depth": depth, "cover_level": invert + depth if depth else None,
-                "props": {"swmm_section": section, **fields},
-            })
+            records.append(
+                {
+                    "id": self.prefix + row.name,
+                    "class": NODE_SECTIONS[section],
+                    "network": self.network,
+                    "name": row.name,
+                    "invert_level": invert,
+                    "depth": depth,
+                    "cover_level": invert + depth if depth else None,
+                    "props": {"swmm_section": section, **fields},
+                }
+            )
             geoms.append(shapely.Point(self.node_xy[row.name]))
         return records, geoms
 
     def node(self, section: str, row: _Row, tok: str) -> str:
         name = self.node_names.get(_unquote(tok).casefold())
         if name is None:
-            raise self.fail(f"[{section}] link refers to unknown node {_unquote(tok)!r}", row,
-                            "utility_links", row.name,
-                            "define the node in [JUNCTIONS], [OUTFALLS], [STORAGE] or [DIVIDERS]")
+            raise self.fail(
+                f"[{section}] link refers to unknown node {_unquote(tok)!r}",
+                row,
+                "utility_links",
+                row.name,
+                "define the node in [JUNCTIONS], [OUTFALLS], [STORAGE] or [DIVIDERS]",
+            )
         return name
 
     def links(self) -> tuple[list[dict[str, Any]], list[shapely.LineString]]:
@@ -436,8 +586,13 @@ class _Reader:
                 fields = row.fields
                 key = row.name.casefold()
                 if key in link_names:
-                    raise self.fail("duplicate link name", row, layer, row.name,
-                                    "link names must be unique across all link sections")
+                    raise self.fail(
+                        "duplicate link name",
+                        row,
+                        layer,
+                        row.name,
+                        "link names must be unique across all link sections",
+                    )
                 link_names[key] = row.name
                 self.lines.setdefault(layer, {})[self.prefix + row.name] = row.line
                 a, b = (self.node(section, row, t) for t in row.tokens[1:3])
@@ -447,8 +602,13 @@ class _Reader:
             for row in self.rows(section):
                 name = link_names.get(row.name.casefold())
                 if name is None:
-                    raise self.fail(f"[{section}] row for unknown link", row, layer, row.name,
-                                    "define the link, or delete the row")
+                    raise self.fail(
+                        f"[{section}] row for unknown link",
+                        row,
+                        layer,
+                        row.name,
+                        "define the link, or delete the row",
+                    )
                 extras.setdefault(name, {})[prop] = row.tokens[1:]
         vertices = self.points("VERTICES", layer, link_names)
         records, geoms = [], []
@@ -459,9 +619,12 @@ class _Reader:
             if xsection and xsection[0].upper() not in _NO_GEOM1:
                 geom1 = float(xsection[1])
             record = {
-                "id": self.prefix + row.name, "class": LINK_SECTIONS[section],
-                "network": self.network, "name": row.name,
-                "from_node": self.prefix + a, "to_node": self.prefix + b,
+                "id": self.prefix + row.name,
+                "class": LINK_SECTIONS[section],
+                "network": self.network,
+                "name": row.name,
+                "from_node": self.prefix + a,
+                "to_node": self.prefix + b,
                 "diameter": geom1 * ft if geom1 is not None else None,
                 "props": {"swmm_section": section, **fields, **extra},
             }
@@ -484,8 +647,13 @@ class _Reader:
         for row in self.rows("SUBCATCHMENTS"):
             fields = row.fields
             if row.name.casefold() in self.sub_names:
-                raise self.fail("duplicate subcatchment name", row, layer, row.name,
-                                "subcatchment names must be unique")
+                raise self.fail(
+                    "duplicate subcatchment name",
+                    row,
+                    layer,
+                    row.name,
+                    "subcatchment names must be unique",
+                )
             self.sub_names[row.name.casefold()] = row.name
             self.lines.setdefault(layer, {})[self.prefix + row.name] = row.line
             defined.append((row, fields))
@@ -497,21 +665,37 @@ class _Reader:
             elif key in self.sub_names:
                 outlet = ("sub", self.sub_names[key])
             else:
-                raise self.fail(f"subcatchment drains to unknown outlet {row.tokens[2]!r}", row,
-                                layer, row.name, "name a node or another subcatchment")
-            records.append({
-                "id": self.prefix + row.name, "class": "subcatchment", "name": row.name,
-                "network": self.network, "outlet": self.prefix + outlet[1],
-                "area": float(fields["area"]) * self.units.area,
-                "imperviousness": float(fields["imperviousness"]),
-                "props": {"swmm_section": "SUBCATCHMENTS", **fields},
-                "_outlet": outlet, "_line": row.line,
-            })
+                raise self.fail(
+                    f"subcatchment drains to unknown outlet {row.tokens[2]!r}",
+                    row,
+                    layer,
+                    row.name,
+                    "name a node or another subcatchment",
+                )
+            records.append(
+                {
+                    "id": self.prefix + row.name,
+                    "class": "subcatchment",
+                    "name": row.name,
+                    "network": self.network,
+                    "outlet": self.prefix + outlet[1],
+                    "area": float(fields["area"]) * self.units.area,
+                    "imperviousness": float(fields["imperviousness"]),
+                    "props": {"swmm_section": "SUBCATCHMENTS", **fields},
+                    "_outlet": outlet,
+                    "_line": row.line,
+                }
+            )
         return records, self.points("POLYGONS", layer, self.sub_names)
 
-    def zone_frame(self, records: list[dict[str, Any]],
-                   polygons: dict[str, list[tuple[float, float]]], src_crs: CRS, twin_crs: Any,
-                   nodes: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame:
+    def zone_frame(
+        self,
+        records: list[dict[str, Any]],
+        polygons: dict[str, list[tuple[float, float]]],
+        src_crs: CRS,
+        twin_crs: Any,
+        nodes: gpd.GeoDataFrame | None,
+    ) -> gpd.GeoDataFrame:
         """Subcatchments in the twin's CRS; one without a polygon gets a square of its area."""
         drawn, shapes = [], []
         for r in records:
@@ -530,10 +714,12 @@ class _Reader:
         frame = gpd.GeoDataFrame(drawn, geometry=shapes, crs=src_crs)
         frame = to_twin_crs(frame, twin_crs, source=self.source)
         centres: dict[tuple[str, str], shapely.Point] = {
-            ("sub", r["name"]): g.centroid for r, g in zip(drawn, frame.geometry, strict=True)}
+            ("sub", r["name"]): g.centroid for r, g in zip(drawn, frame.geometry, strict=True)
+        }
         if nodes is not None:
-            centres.update({("node", n): g
-                            for n, g in zip(nodes["name"], nodes.geometry, strict=True)})
+            centres.update(
+                {("node", n): g for n, g in zip(nodes["name"], nodes.geometry, strict=True)}
+            )
         by_name = {r["name"]: r for r in records}
         estimated, squares = [], []
         for r in records:
@@ -544,8 +730,12 @@ class _Reader:
                 if outlet[1] in seen:
                     raise InvalidInput(
                         "subcatchment has no polygon and no outlet with a location",
-                        source=self.source, layer="zones", feature=r["id"], line=r["_line"],
-                        hint="add its outline to [Polygons]")
+                        source=self.source,
+                        layer="zones",
+                        feature=r["id"],
+                        line=r["_line"],
+                        hint="add its outline to [Polygons]",
+                    )
                 seen.add(outlet[1])
                 outlet = by_name[outlet[1]]["_outlet"]
             half = max(math.sqrt(r["area"]), 1.0) / 2
@@ -554,8 +744,12 @@ class _Reader:
             estimated.append({**r, "props": {**r["props"], "geometry_estimated": True}})
         if estimated:
             frame = gpd.GeoDataFrame(
-                pd.concat([frame, gpd.GeoDataFrame(estimated, geometry=squares, crs=frame.crs)],
-                          ignore_index=True), crs=frame.crs)
+                pd.concat(
+                    [frame, gpd.GeoDataFrame(estimated, geometry=squares, crs=frame.crs)],
+                    ignore_index=True,
+                ),
+                crs=frame.crs,
+            )
         order = {r["name"]: i for i, r in enumerate(records)}
         frame = frame.iloc[np.argsort([order[n] for n in frame["name"]], kind="stable")]
         return frame.drop(columns=["_outlet", "_line"]).reset_index(drop=True)
@@ -609,10 +803,16 @@ def write_swmm(store: Store, path: str | Path, *, network_key: str) -> int:
     target = str(path)
     doc = store.get_document(network_key)
     if doc is None or doc.get("format") != "swmm":
-        known = [k for k in store.documents("network/")
-                 if (store.get_document(k) or {}).get("format") == "swmm"]
-        raise InvalidInput(f"no SWMM network {network_key!r} in the twin", source=target,
-                           hint=f"SWMM networks: {', '.join(known) or 'none'}")
+        known = [
+            k
+            for k in store.documents("network/")
+            if (store.get_document(k) or {}).get("format") == "swmm"
+        ]
+        raise InvalidInput(
+            f"no SWMM network {network_key!r} in the twin",
+            source=target,
+            hint=f"SWMM networks: {', '.join(known) or 'none'}",
+        )
     writer = _Writer(store, doc, target)
     sections = writer.sections()
     lines = list(doc.get("preamble", []))
@@ -646,8 +846,9 @@ class _Writer:
         crs = doc.get("crs")
         self.decimals = None if not crs else 9 if CRS.from_user_input(crs).is_geographic else 6
         self.rows: dict[str, list[tuple[str, list[str]]]] = {}
-        frames = {name: self.current(store, name)
-                  for name in ("utility_nodes", "utility_links", "zones")}
+        frames = {
+            name: self.current(store, name) for name in ("utility_nodes", "utility_links", "zones")
+        }
         self.count = sum(len(f) for f in frames.values())
         self.node_invert: dict[str, float] = {}  # written invert, file units
         self.node_original: dict[str, float | None] = {}  # invert as read, file units
@@ -656,8 +857,12 @@ class _Writer:
         self.write_zones(frames["zones"])
 
     def current(self, store: Store, layer_name: str) -> gpd.GeoDataFrame:
-        q = Query(layer_name, where=[Filter("id", "like", self.prefix + "%")],
-                  classes=["subcatchment"] if layer_name == "zones" else None, order_by="id")
+        q = Query(
+            layer_name,
+            where=[Filter("id", "like", self.prefix + "%")],
+            classes=["subcatchment"] if layer_name == "zones" else None,
+            order_by="id",
+        )
         frame = store.query(q)
         frame = frame[frame["id"].str.startswith(self.prefix)]
         crs = self.doc.get("crs")
@@ -672,39 +877,53 @@ class _Writer:
 
     def needs_params(self, f: dict[str, Any], layer: str, section: str) -> InvalidInput:
         fields = ", ".join(n for n in _LAYOUT[section] if n[0] not in "@*")
-        return self.fail(f"a new {f['class']} needs its SWMM parameters", layer, f["id"],
-                         f"give it props with swmm_section {section} and {fields}")
+        return self.fail(
+            f"a new {f['class']} needs its SWMM parameters",
+            layer,
+            f["id"],
+            f"give it props with swmm_section {section} and {fields}",
+        )
 
     def add(self, section: str, name: str, tokens: list[str]) -> None:
         self.rows.setdefault(section, []).append((name, [_quote(name), *tokens]))
 
     def swmm_name(self, fid: Any, layer: str, owner: str) -> str:
         if not isinstance(fid, str) or not fid.startswith(self.prefix):
-            raise self.fail(f"refers to {fid!r}, which is not part of this network", layer, owner,
-                            f"refer to a feature whose id starts with {self.prefix!r}")
-        return fid[len(self.prefix):]
+            raise self.fail(
+                f"refers to {fid!r}, which is not part of this network",
+                layer,
+                owner,
+                f"refer to a feature whose id starts with {self.prefix!r}",
+            )
+        return fid[len(self.prefix) :]
 
     def write_nodes(self, frame: gpd.GeoDataFrame) -> None:
         layer = "utility_nodes"
         for f in _records(frame):
             section = _NODE_SECTION_OF.get(f["class"])
             if section is None:
-                raise self.fail(f"class {f['class']!r} has no SWMM node section", layer, f["id"],
-                                "use manhole, outfall, storage or divider")
-            name = f["id"][len(self.prefix):]
+                raise self.fail(
+                    f"class {f['class']!r} has no SWMM node section",
+                    layer,
+                    f["id"],
+                    "use manhole, outfall, storage or divider",
+                )
+            name = f["id"][len(self.prefix) :]
             fields = _own_fields(f, section)
             if not fields and section in ("STORAGE", "DIVIDERS"):
                 raise self.needs_params(f, layer, section)
             if f.get("invert_level") is None and fields.get("elevation") is None:
                 raise self.fail("node has no invert_level", layer, f["id"], "set invert_level")
             self.node_original[name] = _number(fields.get("elevation"))
-            fields["elevation"] = _value(fields.get("elevation"), f.get("invert_level"),
-                                         self.length)
+            fields["elevation"] = _value(
+                fields.get("elevation"), f.get("invert_level"), self.length
+            )
             if section == "OUTFALLS":
                 fields.setdefault("outfall_type", "FREE")
             else:
-                fields["max_depth"] = _value(fields.get("max_depth"), f.get("depth"),
-                                             self.length) or "0"
+                fields["max_depth"] = (
+                    _value(fields.get("max_depth"), f.get("depth"), self.length) or "0"
+                )
             self.node_invert[name] = float(fields["elevation"])
             self.add(section, name, _join(section, fields, {}))
             x, y = f["geometry"].x, f["geometry"].y
@@ -715,24 +934,40 @@ class _Writer:
         for f in _records(frame):
             section = _LINK_SECTION_OF.get(f["class"])
             if section is None:
-                raise self.fail(f"class {f['class']!r} has no SWMM link section", layer, f["id"],
-                                "use conduit, pump, orifice, weir or outlet")
-            name = f["id"][len(self.prefix):]
-            refs = {"from": self.swmm_name(f["from_node"], layer, f["id"]),
-                    "to": self.swmm_name(f["to_node"], layer, f["id"])}
+                raise self.fail(
+                    f"class {f['class']!r} has no SWMM link section",
+                    layer,
+                    f["id"],
+                    "use conduit, pump, orifice, weir or outlet",
+                )
+            name = f["id"][len(self.prefix) :]
+            refs = {
+                "from": self.swmm_name(f["from_node"], layer, f["id"]),
+                "to": self.swmm_name(f["to_node"], layer, f["id"]),
+            }
             for end in refs.values():
                 if end not in self.node_invert:
-                    raise self.fail(f"link end {end!r} is not a current node of this network",
-                                    layer, f["id"], "add the node, or reconnect the link")
+                    raise self.fail(
+                        f"link end {end!r} is not a current node of this network",
+                        layer,
+                        f["id"],
+                        "add the node, or reconnect the link",
+                    )
             fields = _own_fields(f, section)
             if section == "CONDUITS":
                 fields["length"] = _value(fields.get("length"), f.get("length"), self.length)
                 fields["roughness"] = _value(fields.get("roughness"), f.get("roughness"), 1.0)
                 if fields["length"] is None or fields["roughness"] is None:
-                    raise self.fail("conduit needs a length and a roughness", layer, f["id"],
-                                    "set length and roughness (Manning n)")
-                for key, attr, end in (("in_offset", "invert_from", refs["from"]),
-                                       ("out_offset", "invert_to", refs["to"])):
+                    raise self.fail(
+                        "conduit needs a length and a roughness",
+                        layer,
+                        f["id"],
+                        "set length and roughness (Manning n)",
+                    )
+                for key, attr, end in (
+                    ("in_offset", "invert_from", refs["from"]),
+                    ("out_offset", "invert_to", refs["to"]),
+                ):
                     fields[key] = self.offset(fields.get(key), f.get(attr), end)
             elif not fields:
                 raise self.needs_params(f, layer, section)
@@ -766,15 +1001,20 @@ class _Writer:
     def write_zones(self, frame: gpd.GeoDataFrame) -> None:
         layer = "zones"
         for f in _records(frame):
-            name = f["id"][len(self.prefix):]
+            name = f["id"][len(self.prefix) :]
             fields = _own_fields(f, "SUBCATCHMENTS")
             if f.get("outlet") is None:
-                raise self.fail("subcatchment has no outlet", layer, f["id"],
-                                "set outlet to the id of a node or subcatchment")
+                raise self.fail(
+                    "subcatchment has no outlet",
+                    layer,
+                    f["id"],
+                    "set outlet to the id of a node or subcatchment",
+                )
             refs = {"outlet": self.swmm_name(f["outlet"], layer, f["id"])}
             fields["area"] = _value(fields.get("area"), f.get("area"), self.area)
-            fields["imperviousness"] = _value(fields.get("imperviousness"),
-                                              f.get("imperviousness"), 1.0)
+            fields["imperviousness"] = _value(
+                fields.get("imperviousness"), f.get("imperviousness"), 1.0
+            )
             if "rain_gage" not in fields:
                 raise self.needs_params(f, layer, "SUBCATCHMENTS")
             self.add("SUBCATCHMENTS", name, _join("SUBCATCHMENTS", fields, refs))
@@ -790,7 +1030,8 @@ class _Writer:
         if props.get("geometry_repaired") and original:
             drawn = _outline_polygon(original)
             if drawn is not None and shapely.equals_exact(
-                    shapely.normalize(geom), shapely.normalize(drawn), tolerance=1e-6):
+                shapely.normalize(geom), shapely.normalize(drawn), tolerance=1e-6
+            ):
                 return original
         if geom.geom_type == "MultiPolygon":
             geom = max(geom.geoms, key=lambda g: g.area)
@@ -806,8 +1047,9 @@ class _Writer:
         order = self.doc.get("order", {})
         for section, rows in self.rows.items():
             rank = {n.casefold(): i for i, n in enumerate(order.get(section, []))}
-            ranked = sorted(range(len(rows)), key=lambda i: (
-                rank.get(rows[i][0].casefold(), len(rank)), i))
+            ranked = sorted(
+                range(len(rows)), key=lambda i: (rank.get(rows[i][0].casefold(), len(rank)), i)
+            )
             out[section] = [rows[i][1] for i in ranked]
         return out
 

@@ -40,8 +40,15 @@ DRIVERS = {
 }
 """Export drivers by file suffix (plus GeoParquet for .parquet / .geoparquet)."""
 
-_REFERENCE_ATTRIBUTES = ("from_node", "to_node", "parent_id", "outlet", "building_id", "feature_id",
-                         "zone_id")
+_REFERENCE_ATTRIBUTES = (
+    "from_node",
+    "to_node",
+    "parent_id",
+    "outlet",
+    "building_id",
+    "feature_id",
+    "zone_id",
+)
 
 
 @dataclass
@@ -78,8 +85,10 @@ class Mapping:
             d["cls"] = d.pop("class")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise InvalidInput(f"unknown mapping key(s) {', '.join(sorted(unknown))}",
-                               hint=f"keys: {', '.join(cls.__dataclass_fields__)} (class for cls)")
+            raise InvalidInput(
+                f"unknown mapping key(s) {', '.join(sorted(unknown))}",
+                hint=f"keys: {', '.join(cls.__dataclass_fields__)} (class for cls)",
+            )
         if "layer" not in d:
             raise InvalidInput("a mapping needs a 'layer'")
         return cls(**d)
@@ -92,8 +101,11 @@ def load_mappings(path: str | Path) -> list[Mapping]:
         doc = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise InvalidInput(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=str(p),
-                           line=mark.line + 1 if mark else None) from None
+        raise InvalidInput(
+            f"not valid YAML: {getattr(exc, 'problem', exc)}",
+            source=str(p),
+            line=mark.line + 1 if mark else None,
+        ) from None
     items = doc if isinstance(doc, list) else [doc]
     try:
         return [Mapping.from_dict(item) for item in items]
@@ -111,12 +123,16 @@ def source_layers(path: str | Path) -> list[str]:
     try:
         return [str(name) for name, _ in pyogrio.list_layers(p)]
     except (DataSourceError, DataLayerError) as exc:
-        raise InvalidInput(f"can't read as a vector dataset: {exc}", source=str(p),
-                           hint="is the file complete and in a format GDAL reads?") from None
+        raise InvalidInput(
+            f"can't read as a vector dataset: {exc}",
+            source=str(p),
+            hint="is the file complete and in a format GDAL reads?",
+        ) from None
 
 
-def read_source_frame(path: str | Path, source_layer: str | None = None,
-                      crs: Any = None) -> gpd.GeoDataFrame:
+def read_source_frame(
+    path: str | Path, source_layer: str | None = None, crs: Any = None
+) -> gpd.GeoDataFrame:
     """A vector file (one layer of it) as a GeoDataFrame in its own CRS."""
     p = require_file(path)
     try:
@@ -127,11 +143,15 @@ def read_source_frame(path: str | Path, source_layer: str | None = None,
         else:
             frame = pyogrio.read_dataframe(p, layer=source_layer, use_arrow=True)
     except (DataSourceError, DataLayerError) as exc:
-        raise InvalidInput(f"can't read as a vector dataset: {exc}", source=str(p),
-                           hint="is the file complete and in a format GDAL reads?") from None
+        raise InvalidInput(
+            f"can't read as a vector dataset: {exc}",
+            source=str(p),
+            hint="is the file complete and in a format GDAL reads?",
+        ) from None
     except (OSError, ValueError) as exc:  # pyarrow and GeoParquet metadata errors
-        raise InvalidInput(f"can't read: {exc}", source=str(p),
-                           hint="is the file complete and valid GeoParquet?") from None
+        raise InvalidInput(
+            f"can't read: {exc}", source=str(p), hint="is the file complete and valid GeoParquet?"
+        ) from None
     return _with_crs(frame, crs, str(p))
 
 
@@ -154,16 +174,23 @@ def read_vector(
     for m in mappings:
         if m.source_layer is None and len(names) > 1:
             raise InvalidInput(
-                f"the file has {len(names)} layers ({', '.join(names)})", source=source,
+                f"the file has {len(names)} layers ({', '.join(names)})",
+                source=source,
                 hint="say which one with --source-layer, or give a mapping per source layer",
             )
         if m.source_layer is not None and m.source_layer not in names:
-            raise InvalidInput(f"no layer {m.source_layer!r} in the file", source=source,
-                               hint=f"layers: {', '.join(names)}")
+            raise InvalidInput(
+                f"no layer {m.source_layer!r} in the file",
+                source=source,
+                hint=f"layers: {', '.join(names)}",
+            )
         if _is_large(p, m.source_layer) and len(mappings) == 1:
             bundle.layers[m.layer] = (
                 lambda piece=piece, m=m: to_twin_crs(
-                    apply_mapping(_with_crs(piece(), crs, source), m, source=source), twin_crs, source=source)
+                    apply_mapping(_with_crs(piece(), crs, source), m, source=source),
+                    twin_crs,
+                    source=source,
+                )
                 for piece in _pieces(p, m.source_layer)
             )
             continue
@@ -211,8 +238,11 @@ def _pieces(p: Path, source_layer: str | None) -> Iterator[Callable[[], gpd.GeoD
                 for batch in reader:
                     yield lambda batch=batch, crs=meta["crs"]: _arrow_frame(batch, column, crs)
     except (DataSourceError, DataLayerError, OSError, ValueError, KeyError) as exc:
-        raise InvalidInput(f"can't read: {exc}", source=source,
-                           hint="is the file complete and in a format GDAL reads?") from None
+        raise InvalidInput(
+            f"can't read: {exc}",
+            source=source,
+            hint="is the file complete and in a format GDAL reads?",
+        ) from None
 
 
 def _covering_columns(geo: dict[str, Any]) -> set[str]:
@@ -231,10 +261,14 @@ def _arrow_frame(batch: pa.RecordBatch, column: str, crs: Any) -> gpd.GeoDataFra
 
 
 def _with_crs(frame: gpd.GeoDataFrame, crs: Any, source: str) -> gpd.GeoDataFrame:
-    return frame if crs is None else frame.set_crs(parse_crs(crs, source=source), allow_override=True)
+    return (
+        frame if crs is None else frame.set_crs(parse_crs(crs, source=source), allow_override=True)
+    )
 
 
-def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = None) -> gpd.GeoDataFrame:
+def apply_mapping(
+    frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = None
+) -> gpd.GeoDataFrame:
     """Turn a source frame into a model feature frame (not yet validated)."""
     lay = layer(m.layer)
     geom_name = frame.geometry.name
@@ -245,17 +279,26 @@ def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = N
     # ids
     id_field = m.id_field or ("id" if "id" in src_cols else None)
     if m.id_field is not None and m.id_field not in src_cols:
-        raise InvalidInput(f"id field {m.id_field!r} is not in the source", source=source,
-                           hint=f"fields: {', '.join(map(str, src_cols))}")
+        raise InvalidInput(
+            f"id field {m.id_field!r} is not in the source",
+            source=source,
+            hint=f"fields: {', '.join(map(str, src_cols))}",
+        )
     if id_field is not None:
         ids = frame[id_field]
         if ids.isna().any():
             pos = int(np.flatnonzero(ids.isna().to_numpy())[0])
-            raise InvalidInput(f"feature at position {pos} has no {id_field!r}", source=source,
-                               feature=f"#{pos}", hint="every feature needs an id")
+            raise InvalidInput(
+                f"feature at position {pos} has no {id_field!r}",
+                source=source,
+                feature=f"#{pos}",
+                hint="every feature needs an id",
+            )
         out["id"] = m.id_prefix + ids.astype(str)
     else:
-        out["id"] = pd.Series([f"{m.id_prefix}{i + 1}" for i in range(len(frame))], index=frame.index)
+        out["id"] = pd.Series(
+            [f"{m.id_prefix}{i + 1}" for i in range(len(frame))], index=frame.index
+        )
 
     # class
     if m.class_field is not None:
@@ -272,14 +315,20 @@ def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = N
     elif len(lay.classes) == 1:
         out["class"] = lay.classes[0]
     else:
-        raise InvalidInput(f"which class of {m.layer!r} are these features?", source=source,
-                           hint=f"give --class (one of {', '.join(lay.classes)}) or a class field")
+        raise InvalidInput(
+            f"which class of {m.layer!r} are these features?",
+            source=source,
+            hint=f"give --class (one of {', '.join(lay.classes)}) or a class field",
+        )
 
     # attributes: explicit fields, then same-named fields, then constants
     for attr, src in m.fields.items():
         if src not in src_cols:
-            raise InvalidInput(f"mapped field {src!r} (for {attr}) is not in the source",
-                               source=source, hint=f"fields: {', '.join(map(str, src_cols))}")
+            raise InvalidInput(
+                f"mapped field {src!r} (for {attr}) is not in the source",
+                source=source,
+                hint=f"fields: {', '.join(map(str, src_cols))}",
+            )
         out[attr] = frame[src]
         used.add(src)
     for col in src_cols:
@@ -317,12 +366,18 @@ def apply_mapping(frame: gpd.GeoDataFrame, m: Mapping, *, source: str | None = N
     for col in ("status", "valid_from"):
         if col in src_cols and col not in out:
             out[col] = frame[col]
-    return gpd.GeoDataFrame(out, geometry=frame.geometry.to_numpy(), crs=frame.crs, index=frame.index)
+    return gpd.GeoDataFrame(
+        out, geometry=frame.geometry.to_numpy(), crs=frame.crs, index=frame.index
+    )
 
 
 def _with_line(exc: InvalidInput, path: Path, frame: gpd.GeoDataFrame, m: Mapping) -> InvalidInput:
     """Add the line of the offending feature for GeoJSON sources."""
-    if exc.line is not None or path.suffix.lower() not in (".geojson", ".json") or exc.feature is None:
+    if (
+        exc.line is not None
+        or path.suffix.lower() not in (".geojson", ".json")
+        or exc.feature is None
+    ):
         return exc
     id_field = m.id_field or ("id" if "id" in frame.columns else None)
     pos = None
@@ -348,24 +403,31 @@ def geojson_feature_line(path: Path, index: int) -> int | None:
     return None
 
 
-def read_layer_frame(frame: gpd.GeoDataFrame, twin_crs: Any, mapping: Mapping,
-                     source: str) -> ImportBundle:
+def read_layer_frame(
+    frame: gpd.GeoDataFrame, twin_crs: Any, mapping: Mapping, source: str
+) -> ImportBundle:
     """A bundle from a frame already in memory (e.g. generated data), through a mapping."""
     bundle = ImportBundle(source)
-    bundle.add(mapping.layer, to_twin_crs(apply_mapping(frame, mapping, source=source), twin_crs,
-                                          source=source))
+    bundle.add(
+        mapping.layer,
+        to_twin_crs(apply_mapping(frame, mapping, source=source), twin_crs, source=source),
+    )
     return bundle
 
 
-def write_vector(store: Store, layer_name: str, path: str | Path, *, query: Query | None = None,
-                 crs: Any = None) -> int:
+def write_vector(
+    store: Store, layer_name: str, path: str | Path, *, query: Query | None = None, crs: Any = None
+) -> int:
     """Export a layer (the features matching ``query``) to GeoJSON, GeoPackage, Shapefile,
     FlatGeobuf or GeoParquet, chosen by the file suffix. ``crs`` reprojects on the way out."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in DRIVERS and suffix not in PARQUET_SUFFIXES:
-        raise InvalidInput(f"unknown export format {suffix!r}", source=str(p),
-                           hint=f"use one of {', '.join([*DRIVERS, *PARQUET_SUFFIXES])}")
+        raise InvalidInput(
+            f"unknown export format {suffix!r}",
+            source=str(p),
+            hint=f"use one of {', '.join([*DRIVERS, *PARQUET_SUFFIXES])}",
+        )
     frame = store.query(query or Query(layer_name, order_by="id"))
     out = export_frame(frame)
     if crs is not None:
@@ -384,6 +446,9 @@ def export_frame(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     no empty columns."""
     out = frame.drop(columns=["geometry_3d"]).copy()
     out["props"] = [json.dumps(v) if isinstance(v, dict) and v else None for v in out["props"]]
-    empty = [c for c in out.columns if c != out.geometry.name and out[c].isna().all()
-             and c not in ("id", "class")]
+    empty = [
+        c
+        for c in out.columns
+        if c != out.geometry.name and out[c].isna().all() and c not in ("id", "class")
+    ]
     return out.drop(columns=empty)

@@ -22,7 +22,14 @@ from citytwin.errors import InvalidInput
 from citytwin.model.schema import STATUSES, Attribute, AttrType, Layer, layer
 
 BASE_COLUMNS = (
-    "id", "class", "status", "valid_from", "valid_to", "source", "imported_at", "props",
+    "id",
+    "class",
+    "status",
+    "valid_from",
+    "valid_to",
+    "source",
+    "imported_at",
+    "props",
     "geometry_3d",
 )
 """Columns every feature has besides its layer's attributes and its geometry.
@@ -164,7 +171,8 @@ def validate_frame(
             f"unknown attribute(s) {', '.join(map(str, unknown))}",
             source=source,
             layer=lay.name,
-            hint=f"map them onto {', '.join(a.name for a in lay.attributes)} or keep them in 'props'",
+            hint=f"map them onto {', '.join(a.name for a in lay.attributes)}"
+            " or keep them in 'props'",
         )
     if "class" not in df.columns or df["class"].isna().any():
         pos = 0 if "class" not in df.columns else int(np.flatnonzero(df["class"].isna())[0])
@@ -173,7 +181,11 @@ def validate_frame(
         bad = ~df["class"].isin(lay.classes)
         if bad.any():
             pos = int(np.flatnonzero(bad.to_numpy())[0])
-            raise fail(pos, f"unknown class {df['class'].iloc[pos]!r}", f"use one of {', '.join(lay.classes)}")
+            raise fail(
+                pos,
+                f"unknown class {df['class'].iloc[pos]!r}",
+                f"use one of {', '.join(lay.classes)}",
+            )
 
     df = _validated_geometry(df, lay, fail, repair_geometry)
 
@@ -210,7 +222,9 @@ def validate_frame(
 def _ids(df: pd.DataFrame, lay: Layer, source: str | None) -> np.ndarray:
     if "id" not in df.columns:
         raise InvalidInput(
-            "features have no 'id' column", source=source, layer=lay.name,
+            "features have no 'id' column",
+            source=source,
+            layer=lay.name,
             hint="map a source field onto 'id' or let the importer number the features",
         )
     ids = df["id"]
@@ -218,7 +232,9 @@ def _ids(df: pd.DataFrame, lay: Layer, source: str | None) -> np.ndarray:
     if missing.any():
         pos = int(np.flatnonzero(missing)[0])
         raise InvalidInput(
-            f"feature at position {pos} has no id", source=source, layer=lay.name,
+            f"feature at position {pos} has no id",
+            source=source,
+            layer=lay.name,
             hint="every feature needs a stable, unique id",
         )
     ids = ids.astype(str).to_numpy(dtype=object)
@@ -226,13 +242,18 @@ def _ids(df: pd.DataFrame, lay: Layer, source: str | None) -> np.ndarray:
     if dup.any():
         pos = int(np.flatnonzero(dup)[0])
         raise InvalidInput(
-            "duplicate feature id", source=source, layer=lay.name, feature=ids[pos],
+            "duplicate feature id",
+            source=source,
+            layer=lay.name,
+            feature=ids[pos],
             hint="ids must be unique within a layer",
         )
     return ids
 
 
-def _validated_geometry(df: gpd.GeoDataFrame, lay: Layer, fail: Any, repair: bool) -> gpd.GeoDataFrame:
+def _validated_geometry(
+    df: gpd.GeoDataFrame, lay: Layer, fail: Any, repair: bool
+) -> gpd.GeoDataFrame:
     geoms = df.geometry.to_numpy()
     missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
     if missing.any():
@@ -245,21 +266,33 @@ def _validated_geometry(df: gpd.GeoDataFrame, lay: Layer, fail: Any, repair: boo
         bad = ~np.isin(kinds, allowed)
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
-            raise fail(pos, f"geometry is a {geoms[pos].geom_type}, layer {lay.name!r} takes {lay.geometry}")
+            raise fail(
+                pos,
+                f"geometry is a {geoms[pos].geom_type}, layer {lay.name!r} takes {lay.geometry}",
+            )
     invalid = ~shapely.is_valid(geoms)
     if invalid.any():
         if repair:
             geoms[invalid] = shapely.make_valid(geoms[invalid])
         else:
             pos = int(np.flatnonzero(invalid)[0])
-            raise fail(pos, f"invalid geometry: {shapely.is_valid_reason(geoms[pos])}",
-                       "fix it in the source, or import with --repair-geometry")
+            raise fail(
+                pos,
+                f"invalid geometry: {shapely.is_valid_reason(geoms[pos])}",
+                "fix it in the source, or import with --repair-geometry",
+            )
     df = df.set_geometry(gpd.GeoSeries(geoms, index=df.index, crs=df.crs))
     return df
 
 
-_TYPE_IDS = {"Point": 0, "LineString": 1, "Polygon": 3, "MultiPoint": 4, "MultiLineString": 5,
-             "MultiPolygon": 6}
+_TYPE_IDS = {
+    "Point": 0,
+    "LineString": 1,
+    "Polygon": 3,
+    "MultiPoint": 4,
+    "MultiLineString": 5,
+    "MultiPolygon": 6,
+}
 
 
 def _coerced_column(df: pd.DataFrame, a: Attribute, fail: Any) -> pd.Series:
@@ -288,10 +321,17 @@ def _coerced_column(df: pd.DataFrame, a: Attribute, fail: Any) -> pd.Series:
         values = col.to_numpy(dtype=object)
         kinds = [type(v) for v in values[present]]
         if any(k in (bytes, dict, list) for k in kinds):
-            pos = int(np.flatnonzero(present)[next(i for i, k in enumerate(kinds) if k in (bytes, dict, list))])
+            pos = int(
+                np.flatnonzero(present)[
+                    next(i for i, k in enumerate(kinds) if k in (bytes, dict, list))
+                ]
+            )
             raise fail(pos, f"attribute {a.name!r} expects str, got {values[pos]!r}")
-        out = pd.Series(np.where(present, col.astype(str).to_numpy(dtype=object), None),
-                        index=df.index, dtype=object)
+        out = pd.Series(
+            np.where(present, col.astype(str).to_numpy(dtype=object), None),
+            index=df.index,
+            dtype=object,
+        )
     else:
         values = col.to_numpy(dtype=object)
         coerced = np.empty(n, dtype=object)
@@ -309,8 +349,11 @@ def _coerced_column(df: pd.DataFrame, a: Attribute, fail: Any) -> pd.Series:
         bad = nonnull & ~out.isin(a.choices).to_numpy()
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
-            raise fail(pos, f"attribute {a.name!r} must be one of {', '.join(map(str, a.choices))}; "
-                       f"got {out.iloc[pos]!r}")
+            raise fail(
+                pos,
+                f"attribute {a.name!r} must be one of {', '.join(map(str, a.choices))}; "
+                f"got {out.iloc[pos]!r}",
+            )
     if a.minimum is not None:
         bad = nonnull & (out.to_numpy(dtype=float, na_value=np.inf) < a.minimum)
         if bad.any():

@@ -21,7 +21,9 @@ class TwinMeta:
     extent: tuple[float, float, float, float] | None = None  # minx, miny, maxx, maxy in the CRS
     virtual: bool = False
     description: str = ""
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
 
     def __post_init__(self) -> None:
         self.crs = check_projected_crs(self.crs)
@@ -29,7 +31,9 @@ class TwinMeta:
             self.extent = tuple(float(v) for v in self.extent)  # type: ignore[assignment]
             minx, miny, maxx, maxy = self.extent
             if not (minx < maxx and miny < maxy):
-                raise InvalidInput(f"extent {self.extent} is empty", hint="give minx,miny,maxx,maxy")
+                raise InvalidInput(
+                    f"extent {self.extent} is empty", hint="give minx,miny,maxx,maxy"
+                )
 
     @property
     def pyproj_crs(self) -> CRS:
@@ -48,14 +52,19 @@ def check_projected_crs(crs: Any) -> str:
     try:
         c = CRS.from_user_input(crs)
     except CRSError as exc:
-        raise InvalidInput(f"unknown CRS {crs!r}: {exc}", hint="give an EPSG code such as EPSG:4547") from None
+        raise InvalidInput(
+            f"unknown CRS {crs!r}: {exc}", hint="give an EPSG code such as EPSG:4547"
+        ) from None
     if not c.is_projected:
         raise InvalidInput(
             f"CRS {crs!r} ({c.name}) is not projected",
-            hint="a twin needs a projected CRS in metres, e.g. EPSG:4547 (CGCS2000 / 3-degree GK CM 114E)",
+            hint="a twin needs a projected CRS in metres,"
+            " e.g. EPSG:4547 (CGCS2000 / 3-degree GK CM 114E)",
         )
     unit = c.axis_info[0].unit_name if c.axis_info else ""
     if unit not in ("metre", "meter"):
-        raise InvalidInput(f"CRS {crs!r} ({c.name}) has units of {unit!r}", hint="use a CRS in metres")
+        raise InvalidInput(
+            f"CRS {crs!r} ({c.name}) has units of {unit!r}", hint="use a CRS in metres"
+        )
     epsg = c.to_epsg()
     return f"EPSG:{epsg}" if epsg else c.to_wkt()

@@ -32,11 +32,14 @@ class Filter:
 
     def __post_init__(self) -> None:
         if self.op not in FILTER_OPS:
-            raise InvalidInput(f"unknown filter operator {self.op!r}", hint=f"use one of {' '.join(FILTER_OPS)}")
+            raise InvalidInput(
+                f"unknown filter operator {self.op!r}", hint=f"use one of {' '.join(FILTER_OPS)}"
+            )
 
     @classmethod
     def parse(cls, text: str) -> Filter:
-        """Parse ``"height>=30"``, ``"use=residential"``, ``"name~Tower%"`` (like), ``"floors?"`` (not null)."""
+        """Parse ``"height>=30"``, ``"use=residential"``, ``"name~Tower%"`` (like) or
+        ``"floors?"`` (not null)."""
         text = text.strip()
         if text.endswith("?"):
             return cls(text[:-1].strip(), "not_null")
@@ -46,7 +49,9 @@ class Filter:
                 if not name:
                     break
                 return cls(name, "like" if op == "~" else op, _literal(value))
-        raise InvalidInput(f"can't read filter {text!r}", hint="write e.g. height>=30 or use=residential")
+        raise InvalidInput(
+            f"can't read filter {text!r}", hint="write e.g. height>=30 or use=residential"
+        )
 
 
 def _literal(value: str) -> Any:
@@ -83,7 +88,7 @@ class Query:
             name = self.order_by.lstrip("-")
             if name not in ("id", "class", "status", "valid_from") and not lay.has_attribute(name):
                 lay.attribute(name)
-        if self.limit is not None and self.limit < 0 or self.offset < 0:
+        if (self.limit is not None and self.limit < 0) or self.offset < 0:
             raise InvalidInput("limit and offset must not be negative")
 
 
@@ -115,7 +120,9 @@ class Store(ABC):
             return sum(self.insert(layer_name, f) for f in frames)
 
     @abstractmethod
-    def update(self, layer_name: str, frame: gpd.GeoDataFrame, at: dt.datetime | None = None) -> int:
+    def update(
+        self, layer_name: str, frame: gpd.GeoDataFrame, at: dt.datetime | None = None
+    ) -> int:
         """Give existing features a new state from ``at`` (default now), keeping the old one."""
 
     @abstractmethod
@@ -149,7 +156,8 @@ class Store(ABC):
 
     @abstractmethod
     def nearest(self, q: Query, point: shapely.Point, k: int) -> gpd.GeoDataFrame:
-        """The ``k`` features matching ``q`` nearest to ``point``, nearest first, with ``distance``."""
+        """The ``k`` features matching ``q`` nearest to ``point``, nearest first, with a
+        ``distance`` column."""
 
     @abstractmethod
     def history(self, layer_name: str, fid: str) -> gpd.GeoDataFrame:
@@ -189,8 +197,16 @@ class Store(ABC):
         """The features matching ``q`` page by page, in a stable order."""
         offset = q.offset
         while True:
-            page = self.query(Query(**{**q.__dict__, "order_by": q.order_by or "id",
-                                       "limit": page_size, "offset": offset}))
+            page = self.query(
+                Query(
+                    **{
+                        **q.__dict__,
+                        "order_by": q.order_by or "id",
+                        "limit": page_size,
+                        "offset": offset,
+                    }
+                )
+            )
             if len(page) == 0:
                 return
             yield page

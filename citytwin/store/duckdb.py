@@ -2,8 +2,9 @@
 
 Each layer is a table of feature *versions* (``valid_from`` .. ``valid_to``; the current one
 has no ``valid_to``). There is no index on ids: an ART index made bulk loads three times
-slower, and a scan of the id column answers a lookup in milliseconds. Geometry is kept as WKB: reading it back costs nothing, and the spatial
-functions decode only the candidates a predicate needs. The spatial index is a clustered one: rows are written in Hilbert-curve
+slower, and a scan of the id column answers a lookup in milliseconds. Geometry is kept as WKB:
+reading it back costs nothing, and the spatial functions decode only the candidates a predicate
+needs. The spatial index is a clustered one: rows are written in Hilbert-curve
 order and carry their bounding box in four columns, so DuckDB's per-row-group min/max zone
 maps prune a window query down to a few row groups. On 1 M footprints this answers a
 1,000-feature window in a few milliseconds, several times faster than DuckDB's RTREE index
@@ -109,14 +110,22 @@ class DuckDBStore(Store):
         """Create a new twin file at ``path``; refuses to overwrite an existing one."""
         path = str(path)
         if path != ":memory:" and Path(path).exists():
-            raise InvalidInput(f"{path} already exists", hint="choose another path or delete it first")
+            raise InvalidInput(
+                f"{path} already exists", hint="choose another path or delete it first"
+            )
         con = cls._connect(path)
-        con.execute("CREATE TABLE documents (key VARCHAR PRIMARY KEY, body VARCHAR NOT NULL,"
-                    " updated_at TIMESTAMP NOT NULL)")
-        con.execute("CREATE TABLE rasters (name VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL,"
-                    " crs VARCHAR, width INTEGER, height INTEGER, bounds VARCHAR, source VARCHAR,"
-                    " imported_at TIMESTAMP, data BLOB NOT NULL)")
-        con.execute("INSERT INTO documents VALUES ('twin', ?, ?)", [json.dumps(meta.to_dict()), _now()])
+        con.execute(
+            "CREATE TABLE documents (key VARCHAR PRIMARY KEY, body VARCHAR NOT NULL,"
+            " updated_at TIMESTAMP NOT NULL)"
+        )
+        con.execute(
+            "CREATE TABLE rasters (name VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL,"
+            " crs VARCHAR, width INTEGER, height INTEGER, bounds VARCHAR, source VARCHAR,"
+            " imported_at TIMESTAMP, data BLOB NOT NULL)"
+        )
+        con.execute(
+            "INSERT INTO documents VALUES ('twin', ?, ?)", [json.dumps(meta.to_dict()), _now()]
+        )
         for name in LAYERS:
             con.execute(cls._create_table_sql(name))
         return cls(con, path)
@@ -137,8 +146,13 @@ class DuckDBStore(Store):
     def _create_table_sql(name: str) -> str:
         cols = [f"{c} {t}" for c, t in _BASE_SQL]
         cols += [f"{a.name} {_SQL_TYPE[a.type]}" for a in layer(name).attributes]
-        cols += ["wkb BLOB NOT NULL", "minx DOUBLE NOT NULL", "miny DOUBLE NOT NULL",
-                 "maxx DOUBLE NOT NULL", "maxy DOUBLE NOT NULL"]
+        cols += [
+            "wkb BLOB NOT NULL",
+            "minx DOUBLE NOT NULL",
+            "miny DOUBLE NOT NULL",
+            "maxx DOUBLE NOT NULL",
+            "maxy DOUBLE NOT NULL",
+        ]
         return f"CREATE TABLE {name} ({', '.join(cols)})"
 
     def close(self) -> None:
@@ -212,18 +226,30 @@ class DuckDBStore(Store):
 
     def _check_new_ids(self, layer_name: str, staging: str) -> None:
         dup = self.con.execute(
-            f"SELECT fid FROM {staging} GROUP BY fid HAVING count(*) > 1 LIMIT 1").fetchone()
+            f"SELECT fid FROM {staging} GROUP BY fid HAVING count(*) > 1 LIMIT 1"
+        ).fetchone()
         if dup:
-            raise InvalidInput("duplicate feature id", layer=layer_name, feature=dup[0],
-                               hint="ids must be unique within a layer")
+            raise InvalidInput(
+                "duplicate feature id",
+                layer=layer_name,
+                feature=dup[0],
+                hint="ids must be unique within a layer",
+            )
         clash = self.con.execute(
             f"SELECT t.fid FROM {layer_name} t JOIN {staging} b ON t.fid = b.fid"
-            " WHERE t.valid_to IS NULL LIMIT 1").fetchone()
+            " WHERE t.valid_to IS NULL LIMIT 1"
+        ).fetchone()
         if clash:
-            raise InvalidInput("a feature with this id already exists", layer=layer_name,
-                               feature=clash[0], hint="give new ids, or update the existing features")
+            raise InvalidInput(
+                "a feature with this id already exists",
+                layer=layer_name,
+                feature=clash[0],
+                hint="give new ids, or update the existing features",
+            )
 
-    def update(self, layer_name: str, frame: gpd.GeoDataFrame, at: dt.datetime | None = None) -> int:
+    def update(
+        self, layer_name: str, frame: gpd.GeoDataFrame, at: dt.datetime | None = None
+    ) -> int:
         layer(layer_name)
         if len(frame) == 0:
             return 0
@@ -236,21 +262,32 @@ class DuckDBStore(Store):
             try:
                 missing = self.con.execute(
                     f"SELECT b.fid FROM _batch b ANTI JOIN (SELECT fid FROM {layer_name}"
-                    " WHERE valid_to IS NULL) t ON t.fid = b.fid LIMIT 1").fetchone()
+                    " WHERE valid_to IS NULL) t ON t.fid = b.fid LIMIT 1"
+                ).fetchone()
                 if missing:
-                    raise InvalidInput("no current feature with this id to update", layer=layer_name,
-                                       feature=missing[0], hint="insert it instead")
+                    raise InvalidInput(
+                        "no current feature with this id to update",
+                        layer=layer_name,
+                        feature=missing[0],
+                        hint="insert it instead",
+                    )
                 late = self.con.execute(
                     f"SELECT t.fid, t.valid_from FROM {layer_name} t JOIN _batch b ON t.fid = b.fid"
-                    " WHERE t.valid_to IS NULL AND t.valid_from >= ? LIMIT 1", [at]).fetchone()
+                    " WHERE t.valid_to IS NULL AND t.valid_from >= ? LIMIT 1",
+                    [at],
+                ).fetchone()
                 if late:
                     raise InvalidInput(
                         f"the current version starts at {late[1]}, not before the update time {at}",
-                        layer=layer_name, feature=late[0], hint="give a later update time",
+                        layer=layer_name,
+                        feature=late[0],
+                        hint="give a later update time",
                     )
                 self.con.execute(
                     f"UPDATE {layer_name} SET valid_to = ? WHERE valid_to IS NULL"
-                    " AND fid IN (SELECT fid FROM _batch)", [at])
+                    " AND fid IN (SELECT fid FROM _batch)",
+                    [at],
+                )
                 self.con.execute(self._insert_sql(layer_name, "_batch"))
             finally:
                 self.con.unregister("_batch")
@@ -263,53 +300,81 @@ class DuckDBStore(Store):
         with self.transaction():
             n = self.con.execute(
                 f"SELECT count(*) FROM {layer_name} WHERE valid_to IS NULL AND fid IN"
-                " (SELECT unnest(?::VARCHAR[]))", [ids]).fetchone()[0]
+                " (SELECT unnest(?::VARCHAR[]))",
+                [ids],
+            ).fetchone()[0]
             if n != len(set(ids)):
-                raise InvalidInput(f"{len(set(ids)) - n} of the ids have no current feature",
-                                   layer=layer_name)
+                raise InvalidInput(
+                    f"{len(set(ids)) - n} of the ids have no current feature", layer=layer_name
+                )
             self.con.execute(
                 f"UPDATE {layer_name} SET valid_to = ? WHERE valid_to IS NULL AND fid IN"
-                " (SELECT unnest(?::VARCHAR[]))", [at, ids])
+                " (SELECT unnest(?::VARCHAR[]))",
+                [at, ids],
+            )
         return n
 
     def _insert_sql(self, layer_name: str, source: str) -> str:
         """Rows go in Hilbert-curve order over the twin's extent (or the source's): this
         clusters neighbours into the same row groups, which is what the zone maps prune on."""
         cols = [c for c, _ in _BASE_SQL] + [a.name for a in layer(layer_name).attributes]
-        ext = self.meta.extent or self.con.execute(
-            f"SELECT min(minx), min(miny), max(maxx), max(maxy) FROM {source}").fetchone()
-        order = (" ORDER BY ST_Hilbert((minx + maxx) / 2, (miny + maxy) / 2, "
-                 f"{{'min_x': {ext[0]}, 'min_y': {ext[1]}, 'max_x': {ext[2]}, 'max_y': {ext[3]}}}::BOX_2D)")
-        return (f"INSERT INTO {layer_name} ({', '.join(cols)}, wkb, minx, miny, maxx, maxy)"
-                f" SELECT {', '.join(cols)}, wkb, minx, miny, maxx, maxy"
-                f" FROM {source}{order}")
+        ext = (
+            self.meta.extent
+            or self.con.execute(
+                f"SELECT min(minx), min(miny), max(maxx), max(maxy) FROM {source}"
+            ).fetchone()
+        )
+        order = (
+            " ORDER BY ST_Hilbert((minx + maxx) / 2, (miny + maxy) / 2, "
+            f"{{'min_x': {ext[0]}, 'min_y': {ext[1]}, "
+            f"'max_x': {ext[2]}, 'max_y': {ext[3]}}}::BOX_2D)"
+        )
+        return (
+            f"INSERT INTO {layer_name} ({', '.join(cols)}, wkb, minx, miny, maxx, maxy)"
+            f" SELECT {', '.join(cols)}, wkb, minx, miny, maxx, maxy"
+            f" FROM {source}{order}"
+        )
 
     def _arrow_batch(self, layer_name: str, frame: gpd.GeoDataFrame) -> pa.Table:
         lay = layer(layer_name)
-        missing = [c for c in (*BASE_COLUMNS, *(a.name for a in lay.attributes)) if c not in frame.columns]
+        missing = [
+            c for c in (*BASE_COLUMNS, *(a.name for a in lay.attributes)) if c not in frame.columns
+        ]
         if missing:
-            raise CityTwinError(f"frame for {layer_name} is not validated (missing {missing});"
-                                " pass it through citytwin.model.validate_frame first")
+            raise CityTwinError(
+                f"frame for {layer_name} is not validated (missing {missing});"
+                " pass it through citytwin.model.validate_frame first"
+            )
         geoms = frame.geometry.to_numpy()
         bounds = shapely.bounds(geoms)
         cols: dict[str, Any] = {
             "fid": _strings(frame["id"]),
             "class": _strings(frame["class"]),
             "status": _strings(frame["status"]),
-            "valid_from": pa.array(pd.to_datetime(frame["valid_from"]).dt.as_unit("us"), pa.timestamp("us")),
+            "valid_from": pa.array(
+                pd.to_datetime(frame["valid_from"]).dt.as_unit("us"), pa.timestamp("us")
+            ),
             "valid_to": pa.nulls(len(frame), pa.timestamp("us")),
             "source": _strings(frame["source"]),
-            "imported_at": pa.array(pd.to_datetime(frame["imported_at"]).dt.as_unit("us"), pa.timestamp("us")),
+            "imported_at": pa.array(
+                pd.to_datetime(frame["imported_at"]).dt.as_unit("us"), pa.timestamp("us")
+            ),
             "props": pa.array(_json_column(frame["props"]), pa.string()),
             "geometry_3d": pa.array(_json_column(frame["geometry_3d"]), pa.string()),
         }
         for a in lay.attributes:
             s = frame[a.name]
             if a.type is AttrType.DATE:
-                cols[a.name] = pa.array(pd.to_datetime(s).dt.date.where(s.notna(), None), pa.date32())
+                cols[a.name] = pa.array(
+                    pd.to_datetime(s).dt.date.where(s.notna(), None), pa.date32()
+                )
             else:
-                arrow_type = {AttrType.STR: pa.string(), AttrType.INT: pa.int64(),
-                              AttrType.FLOAT: pa.float64(), AttrType.BOOL: pa.bool_()}[a.type]
+                arrow_type = {
+                    AttrType.STR: pa.string(),
+                    AttrType.INT: pa.int64(),
+                    AttrType.FLOAT: pa.float64(),
+                    AttrType.BOOL: pa.bool_(),
+                }[a.type]
                 cols[a.name] = pa.Array.from_pandas(s, type=arrow_type)
         cols["wkb"] = pa.array(shapely.to_wkb(geoms), pa.binary())
         for i, c in enumerate(("minx", "miny", "maxx", "maxy")):
@@ -324,13 +389,17 @@ class DuckDBStore(Store):
             width, height, bounds = ds.width, ds.height, list(ds.bounds)
         with self.transaction():
             self.con.execute("DELETE FROM rasters WHERE name = ?", [name])
-            self.con.execute("INSERT INTO rasters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             [name, kind, crs, width, height, json.dumps(bounds), source, _now(), data])
+            self.con.execute(
+                "INSERT INTO rasters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [name, kind, crs, width, height, json.dumps(bounds), source, _now(), data],
+            )
 
     def put_document(self, key: str, body: dict[str, Any]) -> None:
         with self.transaction():
             self.con.execute("DELETE FROM documents WHERE key = ?", [key])
-            self.con.execute("INSERT INTO documents VALUES (?, ?, ?)", [key, json.dumps(body), _now()])
+            self.con.execute(
+                "INSERT INTO documents VALUES (?, ?, ?)", [key, json.dumps(body), _now()]
+            )
 
     # -- reading ------------------------------------------------------------------------
     def _where(self, q: Query) -> tuple[str, list[Any]]:
@@ -373,7 +442,11 @@ class DuckDBStore(Store):
         return " AND ".join(conds), params
 
     def _select(self, layer_name: str) -> str:
-        cols = ["fid AS id"] + [c for c, _ in _BASE_SQL[1:]] + [a.name for a in layer(layer_name).attributes]
+        cols = (
+            ["fid AS id"]
+            + [c for c, _ in _BASE_SQL[1:]]
+            + [a.name for a in layer(layer_name).attributes]
+        )
         return ", ".join(cols) + ", wkb"
 
     def _frame(self, layer_name: str, rel: duckdb.DuckDBPyConnection) -> gpd.GeoDataFrame:
@@ -382,7 +455,9 @@ class DuckDBStore(Store):
             return empty_frame(layer_name, self._crs)
         wkb = table.column("wkb").to_numpy(zero_copy_only=False)
         parsed = {col: _json_values(table.column(col)) for col in ("props", "geometry_3d")}
-        df = table.drop_columns(["wkb", "props", "geometry_3d"]).to_pandas(types_mapper=_types_mapper)
+        df = table.drop_columns(["wkb", "props", "geometry_3d"]).to_pandas(
+            types_mapper=_types_mapper
+        )
         for col, values in parsed.items():
             df[col] = pd.Series(values, index=df.index, dtype=object)
         df["geometry"] = gpd.array.from_wkb(wkb, crs=self._crs)
@@ -402,7 +477,11 @@ class DuckDBStore(Store):
     def count(self, q: Query) -> int:
         where, params = self._where(q)
         with self._lock:
-            return int(self.con.execute(f"SELECT count(*) FROM {q.layer} WHERE {where}", params).fetchone()[0])
+            return int(
+                self.con.execute(
+                    f"SELECT count(*) FROM {q.layer} WHERE {where}", params
+                ).fetchone()[0]
+            )
 
     def nearest(self, q: Query, point: shapely.Point, k: int) -> gpd.GeoDataFrame:
         if k <= 0:
@@ -415,22 +494,32 @@ class DuckDBStore(Store):
         with self._lock:
             rows, extent = self._row_estimate(q.layer), None
             span = self.meta.extent
-            density = rows / max((span[2] - span[0]) * (span[3] - span[1]), 1.0) if span and rows else 0.0
+            density = (
+                rows / max((span[2] - span[0]) * (span[3] - span[1]), 1.0) if span and rows else 0.0
+            )
             radius = float(np.sqrt(2 * k / (np.pi * density))) if density > 0 else 100.0
             while True:
-                sql = (f"SELECT {self._select(q.layer)}, ST_Distance(ST_GeomFromWKB(wkb), ST_Point(?, ?))"
-                       f" AS distance FROM {q.layer} WHERE {where}"
-                       " AND minx <= ? AND maxx >= ? AND miny <= ? AND maxy >= ?"
-                       " ORDER BY distance, fid LIMIT ?")
+                sql = (
+                    f"SELECT {self._select(q.layer)},"
+                    " ST_Distance(ST_GeomFromWKB(wkb), ST_Point(?, ?))"
+                    f" AS distance FROM {q.layer} WHERE {where}"
+                    " AND minx <= ? AND maxx >= ? AND miny <= ? AND maxy >= ?"
+                    " ORDER BY distance, fid LIMIT ?"
+                )
                 window = [px + radius, px - radius, py + radius, py - radius]
                 frame = self._frame(q.layer, self.con.execute(sql, [px, py, *params, *window, k]))
                 if len(frame) >= k and frame["distance"].iloc[-1] <= radius:
                     return frame
                 if extent is None:
                     extent = self.con.execute(
-                        f"SELECT min(minx), min(miny), max(maxx), max(maxy) FROM {q.layer}").fetchone()
-                if extent[0] is None or (px - radius <= extent[0] and py - radius <= extent[1]
-                                         and px + radius >= extent[2] and py + radius >= extent[3]):
+                        f"SELECT min(minx), min(miny), max(maxx), max(maxy) FROM {q.layer}"
+                    ).fetchone()
+                if extent[0] is None or (
+                    px - radius <= extent[0]
+                    and py - radius <= extent[1]
+                    and px + radius >= extent[2]
+                    and py + radius >= extent[3]
+                ):
                     if "distance" not in frame:
                         frame["distance"] = pd.Series(dtype=float)
                     return frame  # the window holds every feature: fewer than k match
@@ -440,35 +529,53 @@ class DuckDBStore(Store):
         """Rows in a layer's table, as DuckDB estimates them; cached until the next write."""
         if layer_name not in self._rows:
             self._rows[layer_name] = self.con.execute(
-                "SELECT estimated_size FROM duckdb_tables() WHERE table_name = ?", [layer_name]).fetchone()[0]
+                "SELECT estimated_size FROM duckdb_tables() WHERE table_name = ?", [layer_name]
+            ).fetchone()[0]
         return self._rows[layer_name]
 
     def history(self, layer_name: str, fid: str) -> gpd.GeoDataFrame:
         layer(layer_name)
         with self._lock:
-            rel = self.con.execute(f"SELECT {self._select(layer_name)} FROM {layer_name}"
-                                   " WHERE fid = ? ORDER BY valid_from", [fid])
+            rel = self.con.execute(
+                f"SELECT {self._select(layer_name)} FROM {layer_name}"
+                " WHERE fid = ? ORDER BY valid_from",
+                [fid],
+            )
             return self._frame(layer_name, rel)
 
     def summary(self) -> list[LayerSummary]:
         out = []
         with self._lock:
             for name in LAYERS:
+                current = "FILTER (WHERE valid_to IS NULL)"
                 n, versions, *ext = self.con.execute(
-                    f"SELECT count(*) FILTER (WHERE valid_to IS NULL), count(*),"
-                    f" min(minx) FILTER (WHERE valid_to IS NULL), min(miny) FILTER (WHERE valid_to IS NULL),"
-                    f" max(maxx) FILTER (WHERE valid_to IS NULL), max(maxy) FILTER (WHERE valid_to IS NULL)"
-                    f" FROM {name}").fetchone()
+                    f"SELECT count(*) {current}, count(*), min(minx) {current},"
+                    f" min(miny) {current}, max(maxx) {current}, max(maxy) {current} FROM {name}"
+                ).fetchone()
                 if versions == 0:
                     continue
-                classes = dict(self.con.execute(
-                    f"SELECT class, count(*) FROM {name} WHERE valid_to IS NULL GROUP BY class"
-                    " ORDER BY 2 DESC, 1").fetchall())
-                sources = [r[0] for r in self.con.execute(
-                    f"SELECT DISTINCT source FROM {name} WHERE source IS NOT NULL ORDER BY 1").fetchall()]
-                out.append(LayerSummary(name, int(n), classes,
-                                        tuple(ext) if ext[0] is not None else None,  # type: ignore[arg-type]
-                                        sources, int(versions)))
+                classes = dict(
+                    self.con.execute(
+                        f"SELECT class, count(*) FROM {name} WHERE valid_to IS NULL GROUP BY class"
+                        " ORDER BY 2 DESC, 1"
+                    ).fetchall()
+                )
+                sources = [
+                    r[0]
+                    for r in self.con.execute(
+                        f"SELECT DISTINCT source FROM {name} WHERE source IS NOT NULL ORDER BY 1"
+                    ).fetchall()
+                ]
+                out.append(
+                    LayerSummary(
+                        name,
+                        int(n),
+                        classes,
+                        tuple(ext) if ext[0] is not None else None,  # type: ignore[arg-type]
+                        sources,
+                        int(versions),
+                    )
+                )
         return out
 
     def get_raster(self, name: str) -> bytes:
@@ -480,8 +587,9 @@ class DuckDBStore(Store):
 
     def rasters(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self.con.execute("SELECT name, kind, crs, width, height, bounds, source FROM rasters"
-                                    " ORDER BY name").fetchall()
+            rows = self.con.execute(
+                "SELECT name, kind, crs, width, height, bounds, source FROM rasters ORDER BY name"
+            ).fetchall()
         keys = ("name", "kind", "crs", "width", "height", "bounds", "source")
         return [{**dict(zip(keys, r, strict=True)), "bounds": json.loads(r[5])} for r in rows]
 
@@ -492,8 +600,12 @@ class DuckDBStore(Store):
 
     def documents(self, prefix: str = "") -> list[str]:
         with self._lock:
-            return [r[0] for r in self.con.execute(
-                "SELECT key FROM documents WHERE starts_with(key, ?) ORDER BY key", [prefix]).fetchall()]
+            return [
+                r[0]
+                for r in self.con.execute(
+                    "SELECT key FROM documents WHERE starts_with(key, ?) ORDER BY key", [prefix]
+                ).fetchall()
+            ]
 
 
 def _strings(s: pd.Series) -> pa.Array:

@@ -28,8 +28,13 @@ FILES = {
     "zurich_subset_lod2.json": ("EPSG:2056", None),  # 1.1, EPSG:2056, parts carry geometry
     "multi_lod.json": ("EPSG:28992", "EPSG:7415"),  # 2.0, 3D BAG LoD 1.2/1.3/2.2
 }
-SURFACE_DEPTH = {"MultiSurface": 3, "CompositeSurface": 3, "Solid": 4, "MultiSolid": 5,
-                 "CompositeSolid": 5}
+SURFACE_DEPTH = {
+    "MultiSurface": 3,
+    "CompositeSurface": 3,
+    "Solid": 4,
+    "MultiSolid": 5,
+    "CompositeSolid": 5,
+}
 
 
 @functools.cache
@@ -100,12 +105,16 @@ def test_import_counts_footprints_heights(make_twin, shared_data, name):
     assert counts.get("buildings", 0) == n_buildings
     assert counts.get("city_objects", 0) == len(doc["CityObjects"]) - n_buildings
     got = store.query(Query("buildings"))
-    assert Counter(got["class"]) == {k: v for k, v in {
-        "building": types["Building"], "building_part": types["BuildingPart"]}.items() if v}
+    assert Counter(got["class"]) == {
+        k: v
+        for k, v in {"building": types["Building"], "building_part": types["BuildingPart"]}.items()
+        if v
+    }
     if "city_objects" in counts:
         others = store.query(Query("city_objects"))
-        assert Counter(others["source_type"]) == {t: n for t, n in types.items()
-                                                  if t not in ("Building", "BuildingPart")}
+        assert Counter(others["source_type"]) == {
+            t: n for t, n in types.items() if t not in ("Building", "BuildingPart")
+        }
 
     # footprints: valid polygons inside the file's extent (the twin shares its horizontal CRS)
     everything = gpd.pd.concat([store.query(Query(layer)) for layer in counts])
@@ -132,8 +141,14 @@ def test_delft_counts_attributes_and_3d(make_twin, shared_data):
     store = make_twin("EPSG:28992")
     assert load_bundle(store, imported("delft.json")) == {"buildings": 160, "city_objects": 410}
     others = store.query(Query("city_objects"))
-    assert Counter(others["class"]) == {"road": 143, "plant_cover": 126, "land_use": 81,
-                                        "generic": 54, "bridge": 3, "water_body": 3}
+    assert Counter(others["class"]) == {
+        "road": 143,
+        "plant_cover": 126,
+        "land_use": 81,
+        "generic": 54,
+        "bridge": 3,
+        "water_body": 3,
+    }
     fid = "b1105d28c-00ba-11e6-b420-2bdcc4ab5d7f"
     src = source("delft.json")["CityObjects"][fid]
     b = store.get("buildings", fid)
@@ -150,8 +165,10 @@ def test_delft_counts_attributes_and_3d(make_twin, shared_data):
     assert road["props"]["function"] == doc["CityObjects"][road["id"]]["attributes"]["function"]
 
 
-@pytest.mark.parametrize("name", ["DH_01_subs.city.json", "rotterdam_subset.json",
-                                  "zurich_subset_lod2.json", "multi_lod.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["DH_01_subs.city.json", "rotterdam_subset.json", "zurich_subset_lod2.json", "multi_lod.json"],
+)
 def test_lod2_semantics_kept_in_geometry_3d(make_twin, name):
     store = make_twin(FILES[name][0])
     load_bundle(store, imported(name))
@@ -193,8 +210,9 @@ def indices(g: dict) -> list:
 def test_building_parts_keep_their_parent(make_twin, name):
     twin, crs = FILES[name]
     store = make_twin(twin)
-    load_bundle(store, read_cityjson(SHARED_DATA / "cityjson" / name, twin, crs=crs,
-                                     id_prefix="x:"))
+    load_bundle(
+        store, read_cityjson(SHARED_DATA / "cityjson" / name, twin, crs=crs, id_prefix="x:")
+    )
     got = store.query(Query("buildings")).set_index("id")
     doc = source(name)
     parts = got[got["class"] == "building_part"]
@@ -212,7 +230,8 @@ def test_building_parts_keep_their_parent(make_twin, name):
             assert abs(b.geometry.area - union.area) <= 1e-6 * union.area
             assert b["height"] == pytest.approx(
                 max(h + g for h, g in zip(mine["height"], mine["ground_level"], strict=True))
-                - min(mine["ground_level"]))
+                - min(mine["ground_level"])
+            )
 
 
 def test_multi_lod_3dbag_attributes(make_twin):
@@ -244,7 +263,8 @@ def test_export_validates_and_round_trips(make_twin, tmp_path, name):
     assert validate_cityjson(doc) == []
     assert doc["version"] == "2.0" and doc["transform"]["scale"] == [0.001] * 3
     assert doc["metadata"]["referenceSystem"] == (
-        f"https://www.opengis.net/def/crs/EPSG/0/{twin.split(':')[1]}")
+        f"https://www.opengis.net/def/crs/EPSG/0/{twin.split(':')[1]}"
+    )
     assert all(isinstance(i, int) for v in doc["vertices"][:100] for i in v)
     heights = {oid: o["attributes"].get("measuredHeight") for oid, o in doc["CityObjects"].items()}
     assert heights == before["height"].to_dict()
@@ -268,17 +288,26 @@ def test_export_extrudes_footprints_without_3d(make_twin, tmp_path):
     store = make_twin("EPSG:28992")
     delft = imported("delft.json").layers["buildings"]
     flat = delft.assign(geometry_3d=None)
-    courtyard = shapely.Polygon([(85000, 447500), (85020, 447500), (85020, 447520),
-                                 (85000, 447520)], [[(85005, 447505), (85005, 447515),
-                                                     (85015, 447515), (85015, 447505)]])
-    twins = shapely.MultiPolygon([shapely.box(85100, 447600, 85110, 447610),
-                                  shapely.box(85120, 447600, 85125, 447612)])
+    courtyard = shapely.Polygon(
+        [(85000, 447500), (85020, 447500), (85020, 447520), (85000, 447520)],
+        [[(85005, 447505), (85005, 447515), (85015, 447515), (85015, 447505)]],
+    )
+    twins = shapely.MultiPolygon(
+        [shapely.box(85100, 447600, 85110, 447610), shapely.box(85120, 447600, 85125, 447612)]
+    )
     extra = gpd.GeoDataFrame(
-        {"id": ["courtyard", "twins", "flat"], "class": ["building"] * 3,
-         "height": [12.5, 7.0, None], "ground_level": [1.25, None, 0.5],
-         "floors": [4, 2, None], "use": ["residential", "office", None],
-         "props": [{"architect": "X"}, {}, {}]},
-        geometry=[courtyard, twins, shapely.box(85200, 447700, 85210, 447705)], crs="EPSG:28992")
+        {
+            "id": ["courtyard", "twins", "flat"],
+            "class": ["building"] * 3,
+            "height": [12.5, 7.0, None],
+            "ground_level": [1.25, None, 0.5],
+            "floors": [4, 2, None],
+            "use": ["residential", "office", None],
+            "props": [{"architect": "X"}, {}, {}],
+        },
+        geometry=[courtyard, twins, shapely.box(85200, 447700, 85210, 447705)],
+        crs="EPSG:28992",
+    )
     load_bundle(store, ImportBundle("test", {"buildings": gpd.pd.concat([flat, extra])}))
     out = tmp_path / "blocks.city.json"
     assert write_cityjson(store, out) == 163
@@ -287,16 +316,23 @@ def test_export_extrudes_footprints_without_3d(make_twin, tmp_path):
     objs = doc["CityObjects"]
     v = real_vertices(doc)
     assert objs["courtyard"]["attributes"] == {
-        "architect": "X", "measuredHeight": 12.5, "ground_level": 1.25,
-        "storeysAboveGround": 4, "function": "residential"}
+        "architect": "X",
+        "measuredHeight": 12.5,
+        "ground_level": 1.25,
+        "storeysAboveGround": 4,
+        "function": "residential",
+    }
     solid = objs["courtyard"]["geometry"][0]
     assert (solid["type"], solid["lod"]) == ("Solid", "1")
     assert signed_volume(solid["boundaries"][0], v) == pytest.approx(300 * 12.5)
     assert objs["twins"]["geometry"][0]["type"] == "MultiSolid"
     assert sum(signed_volume(s[0], v) for s in objs["twins"]["geometry"][0]["boundaries"]) == (
-        pytest.approx(160 * 7.0))
+        pytest.approx(160 * 7.0)
+    )
     assert (objs["flat"]["geometry"][0]["type"], objs["flat"]["geometry"][0]["lod"]) == (
-        "MultiSurface", "0")
+        "MultiSurface",
+        "0",
+    )
     for fid in delft["id"][:20]:
         g = objs[fid]["geometry"][0]
         assert signed_volume(g["boundaries"][0], v) > 0
@@ -340,11 +376,11 @@ def test_reprojection_into_utm(shared_data):
     got = coords(b["geometry_3d"])[0]
     assert got[0] == pytest.approx(ux, abs=2e-4) and got[1] == pytest.approx(uy, abs=2e-4)
     assert got[2] == pytest.approx(z, abs=1e-9)  # NAP height kept
-    assert b.geometry.contains(shapely.Point(got[:2])) or b.geometry.touches(
-        shapely.Point(got[:2]))
+    assert b.geometry.contains(shapely.Point(got[:2])) or b.geometry.touches(shapely.Point(got[:2]))
     ext = doc["metadata"]["geographicalExtent"]
     bounds = Transformer.from_crs("EPSG:28992", "EPSG:32631", always_xy=True).transform_bounds(
-        ext[0], ext[1], ext[3], ext[4])
+        ext[0], ext[1], ext[3], ext[4]
+    )
     for layer_frame in bundle.layers.values():
         minx, miny, maxx, maxy = layer_frame.total_bounds
         assert minx >= bounds[0] - 1e-3 and miny >= bounds[1] - 1e-3
@@ -373,31 +409,51 @@ def test_cityjson_1_0_reads_like_1_1(tmp_path):
 
 def test_geometry_instances_are_placed(tmp_path, make_twin):
     """A template (a 1 m cube) placed twice, scaled by 2 and moved to its reference points."""
-    cube = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1],
-            [0, 1, 1]]
-    shell = [[[0, 3, 2, 1]], [[4, 5, 6, 7]], [[0, 1, 5, 4]], [[1, 2, 6, 5]], [[2, 3, 7, 6]],
-             [[3, 0, 4, 7]]]
+    cube = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]]
+    shell = [
+        [[0, 3, 2, 1]],
+        [[4, 5, 6, 7]],
+        [[0, 1, 5, 4]],
+        [[1, 2, 6, 5]],
+        [[2, 3, 7, 6]],
+        [[3, 0, 4, 7]],
+    ]
     scale2 = [2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1]
     doc = {
-        "type": "CityJSON", "version": "2.0",
+        "type": "CityJSON",
+        "version": "2.0",
         "transform": {"scale": [0.001] * 3, "translate": [85000.0, 447500.0, 0.0]},
         "metadata": {"referenceSystem": "https://www.opengis.net/def/crs/EPSG/0/7415"},
         "geometry-templates": {
             "templates": [{"type": "Solid", "lod": "2", "boundaries": [shell]}],
-            "vertices-templates": cube},
+            "vertices-templates": cube,
+        },
         "CityObjects": {
-            **{f"tree{i}": {"type": "SolitaryVegetationObject", "attributes": {"species": "oak"},
-                            "parents": ["avenue"],
-                            "geometry": [{"type": "GeometryInstance", "template": 0,
-                                          "boundaries": [i], "transformationMatrix": scale2}]}
-               for i in range(2)},
-            "avenue": {"type": "CityObjectGroup", "children": ["tree0", "tree1"]}},
+            **{
+                f"tree{i}": {
+                    "type": "SolitaryVegetationObject",
+                    "attributes": {"species": "oak"},
+                    "parents": ["avenue"],
+                    "geometry": [
+                        {
+                            "type": "GeometryInstance",
+                            "template": 0,
+                            "boundaries": [i],
+                            "transformationMatrix": scale2,
+                        }
+                    ],
+                }
+                for i in range(2)
+            },
+            "avenue": {"type": "CityObjectGroup", "children": ["tree0", "tree1"]},
+        },
         "vertices": [[0, 0, 500], [10000, 5000, 1000]],
     }
     assert validate_cityjson(doc) == []
     store = make_twin("EPSG:28992")
     assert load_bundle(store, read_cityjson(write_doc(tmp_path, doc), "EPSG:28992")) == {
-        "city_objects": 2}
+        "city_objects": 2
+    }
     trees = store.query(Query("city_objects")).set_index("id")
     assert set(trees["class"]) == {"other"}
     assert set(trees["source_type"]) == {"SolitaryVegetationObject"}
@@ -410,15 +466,16 @@ def test_geometry_instances_are_placed(tmp_path, make_twin):
 
 
 def test_real_2_0_files_validate(shared_data):
-    versions = {p.name: json.loads(p.read_text())["version"]
-                for p in sorted((shared_data / "cityjson").glob("*.json"))}
+    versions = {
+        p.name: json.loads(p.read_text())["version"]
+        for p in sorted((shared_data / "cityjson").glob("*.json"))
+    }
     v2 = [n for n, v in versions.items() if v == "2.0"]
     assert {"delft.json", "rotterdam_subset.json", "multi_lod.json"} <= set(v2)
     for name in v2:
         assert validate_cityjson(source(name)) == [], name
     # a 1.1 file differs from 2.0 in its version (here nothing else)
-    assert validate_cityjson(source("DH_01_subs.city.json")) == [
-        "version: '2.0' was expected"]
+    assert validate_cityjson(source("DH_01_subs.city.json")) == ["version: '2.0' was expected"]
 
 
 def broken(mutate) -> list[str]:
@@ -437,30 +494,37 @@ def test_broken_documents_fail_validation():
 
     def out_of_range(d):
         first_object(d)["geometry"][0]["boundaries"][0][0][0] = len(d["vertices"])
+
     assert any("vertex index 383 is out of range (383 vertices)" in p for p in broken(out_of_range))
 
     def bad_lod(d):
         first_object(d)["geometry"][0]["lod"] = "2.x"
+
     assert any("geometry/0/lod" in p and "2.x" in p for p in broken(bad_lod))
 
     def unknown_type(d):
         first_object(d)["type"] = "Skyscraper"
+
     assert any("/type" in p for p in broken(unknown_type))
 
     def extension_type(d):
         first_object(d)["type"] = "+Skyscraper"
+
     assert broken(extension_type) == []
 
     def short_ring(d):
         first_object(d)["geometry"][0]["boundaries"][0][0] = [0, 1]
+
     assert any("boundaries/0/0" in p for p in broken(short_ring))
 
     def float_vertex(d):
         d["vertices"][0][0] = 0.5
+
     assert any(p.startswith("vertices/0/0") for p in broken(float_vertex))
 
     def bad_semantic(d):
         first_object(d)["geometry"][0]["semantics"]["surfaces"][0]["type"] = "Chimney"
+
     assert any("semantics/surfaces/0/type" in p for p in broken(bad_semantic))
 
     doc = copy.deepcopy(source("DH_01_subs.city.json"))
@@ -469,8 +533,10 @@ def test_broken_documents_fail_validation():
     parent = next(o for o in doc["CityObjects"].values() if o.get("children"))
     child = parent["children"].pop()
     problems = validate_cityjson(doc)
-    assert problems == [f"CityObjects/{child}/parents: {doc['CityObjects'][child]['parents'][0]!r}"
-                        f" does not list {child!r} among its children"]
+    assert problems == [
+        f"CityObjects/{child}/parents: {doc['CityObjects'][child]['parents'][0]!r}"
+        f" does not list {child!r} among its children"
+    ]
 
 
 def check_error(exc: pytest.ExceptionInfo, path: Path, *words: str) -> InvalidInput:
@@ -528,18 +594,33 @@ def test_vertex_index_out_of_range(make_twin, tmp_path):
     assert store.count(Query("buildings")) == 0
 
 
-@pytest.mark.parametrize(("mutate", "words", "feature"), [
-    (lambda d: d.update(type="FeatureCollection"), ["not a CityJSON file"], None),
-    (lambda d: d.update(version="3.0"), ["unsupported CityJSON version '3.0'"], None),
-    (lambda d: d["vertices"][5].__setitem__(0, 12.5), ["vertex 5", "integers"], None),
-    (lambda d: d["CityObjects"]["GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"].pop("geometry"),
-     ["no geometry"], "GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"),
-    (lambda d: d["CityObjects"]["GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"]["geometry"][0]
-     .update(lod="LoD2"), ["bad lod 'LoD2'"], "GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"),
-    (lambda d: d["CityObjects"]["GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"]["geometry"][0]
-     .update(boundaries=[[0, 1, 2]]), ["nested lists 4 deep"],
-     "GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "words", "feature"),
+    [
+        (lambda d: d.update(type="FeatureCollection"), ["not a CityJSON file"], None),
+        (lambda d: d.update(version="3.0"), ["unsupported CityJSON version '3.0'"], None),
+        (lambda d: d["vertices"][5].__setitem__(0, 12.5), ["vertex 5", "integers"], None),
+        (
+            lambda d: d["CityObjects"]["GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"].pop("geometry"),
+            ["no geometry"],
+            "GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2",
+        ),
+        (
+            lambda d: d["CityObjects"]["GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"]["geometry"][
+                0
+            ].update(lod="LoD2"),
+            ["bad lod 'LoD2'"],
+            "GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2",
+        ),
+        (
+            lambda d: d["CityObjects"]["GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2"]["geometry"][
+                0
+            ].update(boundaries=[[0, 1, 2]]),
+            ["nested lists 4 deep"],
+            "GUID_3D7D60B9-8F3A-4D3B-A3E5-CD9B5565A5B2",
+        ),
+    ],
+)
 def test_bad_documents(tmp_path, mutate, words, feature):
     doc = copy.deepcopy(source("DH_01_subs.city.json"))
     mutate(doc)

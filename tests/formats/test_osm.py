@@ -46,7 +46,8 @@ def twin_extent() -> tuple[float, float, float, float]:
     """The extract's declared bounding box (PBF header) in the twin's CRS."""
     minx, miny, maxx, maxy = get_bounding_box(str(HELSINKI)).bounds
     return Transformer.from_crs("EPSG:4326", CRS, always_xy=True).transform_bounds(
-        minx, miny, maxx, maxy)
+        minx, miny, maxx, maxy
+    )
 
 
 def test_buildings_are_pyrosms_buildings(bundle, reference):
@@ -119,7 +120,8 @@ def test_streets(bundle):
     assert set(streets["class"]) == {"road", "rail"}
     roads, rails = streets[streets["class"] == "road"], streets[streets["class"] == "rail"]
     assert {"primary", "secondary", "tertiary", "residential", "footway", "service"} <= set(
-        roads["street_class"])
+        roads["street_class"]
+    )
     assert set(rails["street_class"]) == {"rail", "tram", "subway"}
     assert streets.geometry.geom_type.isin(["LineString", "MultiLineString"]).all()
     assert streets["width"].notna().all() and (streets["width"] > 0).all()
@@ -154,7 +156,8 @@ def test_facilities(bundle, reference):
     assert set(facilities.loc[facilities["class"] == "metro_entrance", "id"]) == _osm_ids(entrances)
     assert counts["clinic"] == 6
     assert facilities["critical"].to_numpy().sum() == (
-        facilities["class"].isin(["clinic", "fire_station", "shelter"]).sum())
+        facilities["class"].isin(["clinic", "fire_station", "shelter"]).sum()
+    )
     station = facilities.set_index("id").loc["osm:node/25389429"]
     assert (station["class"], station["name"]) == ("rail_station", "Helsinki")
     fire = facilities.set_index("id").loc["osm:relation/167018"]
@@ -183,8 +186,9 @@ def test_everything_inside_extent_and_loads(bundle, make_twin):
     for name, frame in bundle.layers.items():
         minx, miny, maxx, maxy = frame.total_bounds
         assert frame.crs.to_epsg() == 3067, name
-        assert (extent[0] <= minx and extent[1] <= miny and maxx <= extent[2]
-                and maxy <= extent[3]), name
+        assert (
+            extent[0] <= minx and extent[1] <= miny and maxx <= extent[2] and maxy <= extent[3]
+        ), name
     store = make_twin(CRS, extent=extent)
     written = load_bundle(store, bundle)
     assert written == bundle.counts()

@@ -92,12 +92,12 @@ def test_sample_at_an_independently_located_cell(dem, dem_path):
     with rasterio.open(dem_path) as src:
         cells = src.read(1)
         x, y = src.xy(row, col)  # the cell's centre, in US survey feet
-        rows, cols = np.mgrid[5:src.height - 5:7, 5:src.width - 5:7].reshape(2, -1)
+        rows, cols = np.mgrid[5 : src.height - 5 : 7, 5 : src.width - 5 : 7].reshape(2, -1)
         xs, ys = rasterio.transform.xy(src.transform, rows, cols)
     to_utm = Transformer.from_crs("EPSG:3547", UTM, always_xy=True)
     (value,) = sample_points(dem, np.array([to_utm.transform(x, y)]))
     assert value == pytest.approx(cells[row, col], abs=0.5)
-    around = cells[row - 1:row + 2, col - 1:col + 2]
+    around = cells[row - 1 : row + 2, col - 1 : col + 2]
     assert around.min() <= value <= around.max()
     # Over 4,600 cell centres the reprojected DEM stays close to the source.
     diff = np.abs(sample_points(dem, np.column_stack(to_utm.transform(xs, ys))) - cells[rows, cols])
@@ -113,11 +113,13 @@ def test_sampling_outside_and_at_nodata(dem):
         corner_is_nodata = ds.read(1, window=((0, 1), (0, 1)))[0, 0] == ds.nodata
     assert corner_is_nodata
     half = 27.73 / 2
-    points = np.array([
-        [left - 100, (bottom + top) / 2],  # outside
-        [left + half, top - half],  # the nodata corner
-        [(left + right) / 2, (bottom + top) / 2],  # inside
-    ])
+    points = np.array(
+        [
+            [left - 100, (bottom + top) / 2],  # outside
+            [left + half, top - half],  # the nodata corner
+            [(left + right) / 2, (bottom + top) / 2],  # inside
+        ]
+    )
     values = sample_points(dem, points)
     assert np.isnan(values[0]) and np.isnan(values[1]) and 117 < values[2] < 227
 

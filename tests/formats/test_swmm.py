@@ -22,10 +22,19 @@ FT = 0.3048
 ACRE = 4046.8564224
 HECTARE = 10_000.0
 PYSTORMS = ("alpha", "beta", "delta", "epsilon", "gamma", "theta", "zeta")
-NODE_SECTIONS = {"JUNCTIONS": "manhole", "OUTFALLS": "outfall", "STORAGE": "storage",
-                 "DIVIDERS": "divider"}
-LINK_SECTIONS = {"CONDUITS": "conduit", "PUMPS": "pump", "ORIFICES": "orifice", "WEIRS": "weir",
-                 "OUTLETS": "outlet"}
+NODE_SECTIONS = {
+    "JUNCTIONS": "manhole",
+    "OUTFALLS": "outfall",
+    "STORAGE": "storage",
+    "DIVIDERS": "divider",
+}
+LINK_SECTIONS = {
+    "CONDUITS": "conduit",
+    "PUMPS": "pump",
+    "ORIFICES": "orifice",
+    "WEIRS": "weir",
+    "OUTLETS": "outlet",
+}
 LAYERS = ("utility_nodes", "utility_links", "zones")
 
 
@@ -81,7 +90,8 @@ def runnable(src: Path, folder: Path, hours: float | None = None) -> Path:
     if hours is not None:
         options = {r[0]: r[1] for r in rows(src)["OPTIONS"] if len(r) > 1}
         start = dt.datetime.strptime(
-            f"{options['START_DATE']} {options.get('START_TIME', '0:00:00')}", "%m/%d/%Y %H:%M:%S")
+            f"{options['START_DATE']} {options.get('START_TIME', '0:00:00')}", "%m/%d/%Y %H:%M:%S"
+        )
         end = start + dt.timedelta(hours=hours)
         text = re.sub(r"(?m)^END_DATE\s+\S+", f"END_DATE {end:%m/%d/%Y}", text)
         text = re.sub(r"(?m)^END_TIME\s+\S+", f"END_TIME {end:%H:%M:%S}", text)
@@ -168,7 +178,7 @@ def test_import_counts_and_values_match_the_file(make_twin, name):
         assert zone["area"] == pytest.approx(float(r[3]) * area, rel=1e-12)
         assert zone["imperviousness"] == float(r[4])
         outlet = zone["outlet"]
-        assert outlet.startswith(prefix) and outlet[len(prefix):].casefold() == r[2].casefold()
+        assert outlet.startswith(prefix) and outlet[len(prefix) :].casefold() == r[2].casefold()
 
     doc = store.get_document(f"network/{path.stem}")
     assert doc["format"] == "swmm" and doc["id_prefix"] == prefix and doc["crs"] is None
@@ -207,8 +217,9 @@ def test_subcatchment_without_polygon_gets_a_square_at_its_outlet(make_twin, tmp
     lines = MODELS["model_full_features"].read_text().splitlines()
     start = lines.index("[POLYGONS]")
     path = tmp_path / "model_full_features.inp"
-    path.write_text("\n".join(line for i, line in enumerate(lines)
-                              if i < start or not line.startswith("S3 ")))
+    path.write_text(
+        "\n".join(line for i, line in enumerate(lines) if i < start or not line.startswith("S3 "))
+    )
     bundle = read_swmm(path, "EPSG:32616")
     zones = bundle.layers["zones"].set_index("id")
     s3 = zones.loc["model_full_features:S3"]
@@ -237,7 +248,8 @@ def test_source_crs_is_applied_and_written_back(make_twin, tmp_path):
 
     out = tmp_path / "out.inp"
     assert write_swmm(store, out, network_key="network/model_state_plane") == sum(
-        bundle.counts().values())
+        bundle.counts().values()
+    )
     written = {r[0]: r for r in rows(out)["COORDINATES"]}
     for r in file["COORDINATES"]:
         assert float(written[r[0]][1]) == pytest.approx(float(r[1]), abs=1e-5)
@@ -284,10 +296,12 @@ def test_reimport_of_export_is_identical(make_twin, tmp_path, name):
         assert list(other["props"]) == list(frame["props"])
         for column in ("invert_level", "depth", "length", "diameter", "invert_from", "area"):
             if column in frame:
-                assert other[column].tolist() == pytest.approx(frame[column].tolist(),
-                                                               nan_ok=True), column
-        assert all(a.equals_exact(b, 1e-9) for a, b in zip(frame.geometry, other.geometry,
-                                                            strict=True))
+                assert other[column].tolist() == pytest.approx(
+                    frame[column].tolist(), nan_ok=True
+                ), column
+        assert all(
+            a.equals_exact(b, 1e-9) for a, b in zip(frame.geometry, other.geometry, strict=True)
+        )
     doc, doc2 = bundle.documents[f"network/{src.stem}"], again.documents[f"network/{src.stem}"]
     assert doc2["section_order"] == doc["section_order"]
     assert doc2["sections"]["TIMESERIES"] == doc["sections"]["TIMESERIES"]
@@ -311,11 +325,13 @@ def test_edits_show_up_in_the_export(make_twin, tmp_path):
     assert float(junctions["J2"][1]) == pytest.approx(4969 + 0.5 / FT)
     assert junctions["J2"][2:] == ["4.2", "0", "0", "0"]
     assert [r for r in after["JUNCTIONS"] if r[0] != "J2"] == [
-        r for r in before["JUNCTIONS"] if r[0] != "J2"]
+        r for r in before["JUNCTIONS"] if r[0] != "J2"
+    ]
     conduits = {r[0]: r for r in after["CONDUITS"]}
     assert float(conduits["C1b"][3]) == pytest.approx(50.0 / FT)
     assert [r for r in after["CONDUITS"] if r[0] != "C1b"] == [
-        r for r in before["CONDUITS"] if r[0] != "C1b"]
+        r for r in before["CONDUITS"] if r[0] != "C1b"
+    ]
     coords = {r[0]: r for r in after["COORDINATES"]}
     original = {r[0]: r for r in before["COORDINATES"]}
     assert float(coords["J2"][1]) == pytest.approx(float(original["J2"][1]) + 10.0)
@@ -365,28 +381,41 @@ def test_truncated_file_is_refused(make_twin, tmp_path):
 
 
 def test_link_to_unknown_node_is_refused(make_twin, tmp_path):
-    path, lines = broken(tmp_path, lambda ls: "\n".join(
-        line.replace("JC1a             JC1b", "JC1a             NOWHERE") for line in ls))
+    path, lines = broken(
+        tmp_path,
+        lambda ls: "\n".join(
+            line.replace("JC1a             JC1b", "JC1a             NOWHERE") for line in ls
+        ),
+    )
     assert_refused(make_twin, path, line_of(lines, "C1b "), "alpha:C1b", "'NOWHERE'")
 
 
 def test_non_numeric_invert_is_refused(make_twin, tmp_path):
-    path, lines = broken(tmp_path, lambda ls: "\n".join(
-        line.replace("J2               4969 ", "J2               49x9 ") for line in ls))
+    path, lines = broken(
+        tmp_path,
+        lambda ls: "\n".join(
+            line.replace("J2               4969 ", "J2               49x9 ") for line in ls
+        ),
+    )
     assert_refused(make_twin, path, line_of(lines, "J2  "), "alpha:J2", "'49x9' is not a number")
 
 
 def test_value_the_model_rejects_is_refused_with_its_line(make_twin, tmp_path):
-    path, lines = broken(tmp_path, lambda ls: "\n".join(
-        line.replace("J1               3.74", "J1               -3.74") for line in ls))
+    path, lines = broken(
+        tmp_path,
+        lambda ls: "\n".join(
+            line.replace("J1               3.74", "J1               -3.74") for line in ls
+        ),
+    )
     assert_refused(make_twin, path, line_of(lines, "S1      "), "alpha:S1", "'area' must be >= 0")
 
 
 def test_node_without_coordinates_is_refused(make_twin, tmp_path):
     def drop(lines):
         n = line_of(lines, "[COORDINATES]")
-        return "\n".join(line for i, line in enumerate(lines, start=1)
-                         if not (i > n and line.startswith("J3 ")))
+        return "\n".join(
+            line for i, line in enumerate(lines, start=1) if not (i > n and line.startswith("J3 "))
+        )
 
     path, lines = broken(tmp_path, drop)
     assert_refused(make_twin, path, line_of(lines, "J3 "), "alpha:J3", "no coordinates")

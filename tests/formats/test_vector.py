@@ -18,21 +18,35 @@ TWIN_CRS = "EPSG:32616"  # UTM 16N, metres
 
 
 def junctions(prefix="ky4:"):
-    return Mapping("utility_nodes", cls="junction", id_field="name", id_prefix=prefix,
-                   constants={"network": "water_supply"})
+    return Mapping(
+        "utility_nodes",
+        cls="junction",
+        id_field="name",
+        id_prefix=prefix,
+        constants={"network": "water_supply"},
+    )
 
 
 def pipes(prefix="ky4:"):
-    return Mapping("utility_links", cls="pipe", id_field="name", id_prefix=prefix,
-                   fields={"from_node": "start_node_name", "to_node": "end_node_name"},
-                   constants={"network": "water_supply"})
+    return Mapping(
+        "utility_links",
+        cls="pipe",
+        id_field="name",
+        id_prefix=prefix,
+        fields={"from_node": "start_node_name", "to_node": "end_node_name"},
+        constants={"network": "water_supply"},
+    )
 
 
 def test_ky4_layers_import_reprojected_with_attributes(make_twin, shared_data):
     store = make_twin(TWIN_CRS)
     ky4 = shared_data / "ky4"
-    assert load_bundle(store, read_vector(ky4 / "ky4_junctions.geojson", TWIN_CRS, [junctions()])) == {"utility_nodes": 959}
-    assert load_bundle(store, read_vector(ky4 / "ky4_pipes.geojson", TWIN_CRS, [pipes()])) == {"utility_links": 1156}
+    assert load_bundle(
+        store, read_vector(ky4 / "ky4_junctions.geojson", TWIN_CRS, [junctions()])
+    ) == {"utility_nodes": 959}
+    assert load_bundle(store, read_vector(ky4 / "ky4_pipes.geojson", TWIN_CRS, [pipes()])) == {
+        "utility_links": 1156
+    }
 
     src = gpd.read_file(ky4 / "ky4_junctions.geojson").set_index("name")
     got = store.query(Query("utility_nodes")).set_index("name")
@@ -73,9 +87,12 @@ def test_mapping_file_and_export_filters(make_twin, shared_data, tmp_path):
     spec = tmp_path / "map.yaml"
     spec.write_text(
         "layer: utility_nodes\nclass: tank\nid_field: name\nid_prefix: 'ky4:'\n"
-        "fields: {elevation: elevation}\nconstants: {network: water_supply}\n")
+        "fields: {elevation: elevation}\nconstants: {network: water_supply}\n"
+    )
     store = make_twin(TWIN_CRS)
-    load_bundle(store, read_vector(shared_data / "ky4" / "ky4_tanks.geojson", TWIN_CRS, load_mappings(spec)))
+    load_bundle(
+        store, read_vector(shared_data / "ky4" / "ky4_tanks.geojson", TWIN_CRS, load_mappings(spec))
+    )
     assert store.count(Query("utility_nodes", classes=["tank"])) == 4
     out = tmp_path / "high.geojson"
     q = Query("utility_nodes", where=[], order_by="-elevation", limit=2)
@@ -97,17 +114,24 @@ def test_mapping_errors_are_clear(tmp_path):
 
 # -- bad input: one clear error, store unchanged ------------------------------------------
 
+
 def _nodes_geojson(tmp_path, features, crs="urn:ogc:def:crs:EPSG::3547"):
-    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": crs}},
-           "features": features}
+    doc = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": crs}},
+        "features": features,
+    }
     path = tmp_path / "nodes.geojson"
     path.write_text(json.dumps(doc, indent=1))
     return path
 
 
 def _point(name, elevation=100.0, xy=(4971350.0, 3905604.0)):
-    return {"type": "Feature", "properties": {"name": name, "elevation": elevation},
-            "geometry": {"type": "Point", "coordinates": list(xy)}}
+    return {
+        "type": "Feature",
+        "properties": {"name": name, "elevation": elevation},
+        "geometry": {"type": "Point", "coordinates": list(xy)},
+    }
 
 
 def _assert_unchanged(store):
@@ -131,7 +155,9 @@ def test_unknown_crs(make_twin, tmp_path):
     with pytest.raises(InvalidInput, match="unknown CRS 'EPSG:999999'"):
         read_vector(path, TWIN_CRS, [junctions()], crs="EPSG:999999")
     bare = tmp_path / "bare.geojson"
-    bare.write_text(json.dumps({"type": "FeatureCollection", "features": [_point("J-1", xy=(1e9, 1e9))]}))
+    bare.write_text(
+        json.dumps({"type": "FeatureCollection", "features": [_point("J-1", xy=(1e9, 1e9))]})
+    )
     # GeoJSON without a crs member is WGS84 by RFC 7946: these coordinates are impossible there
     with pytest.raises(InvalidInput, match="can't be transformed from EPSG:4326") as err:
         load_bundle(store, read_vector(bare, TWIN_CRS, [junctions()]))
@@ -141,10 +167,19 @@ def test_unknown_crs(make_twin, tmp_path):
 
 def test_invalid_geometry_names_feature_and_line(make_twin, tmp_path):
     store = make_twin(TWIN_CRS)
-    bowtie = {"type": "Feature", "properties": {"name": "B-7", "height": 10},
-              "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}}
-    ok = {**bowtie, "properties": {"name": "B-1", "height": 5},
-          "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 0]]]}}
+    bowtie = {
+        "type": "Feature",
+        "properties": {"name": "B-7", "height": 10},
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]],
+        },
+    }
+    ok = {
+        **bowtie,
+        "properties": {"name": "B-1", "height": 5},
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 0]]]},
+    }
     path = _nodes_geojson(tmp_path, [ok, bowtie], crs="urn:ogc:def:crs:EPSG::32616")
     m = Mapping("buildings", cls="building", id_field="name")
     with pytest.raises(InvalidInput, match="invalid geometry") as err:
@@ -152,7 +187,7 @@ def test_invalid_geometry_names_feature_and_line(make_twin, tmp_path):
     assert err.value.feature == "B-7"
     lines = path.read_text().splitlines()
     assert '"Feature"' in lines[err.value.line - 1]
-    assert '"B-7"' in "".join(lines[err.value.line - 1: err.value.line + 4])
+    assert '"B-7"' in "".join(lines[err.value.line - 1 : err.value.line + 4])
     assert "nodes.geojson" in str(err.value) and f"line {err.value.line}" in str(err.value)
     assert store.count(Query("buildings")) == 0
 
@@ -160,14 +195,21 @@ def test_invalid_geometry_names_feature_and_line(make_twin, tmp_path):
 def test_missing_required_field_and_wrong_type(make_twin, shared_data, tmp_path):
     store = make_twin(TWIN_CRS)
     # pipes whose to-node field is not mapped: to_node is required
-    m = Mapping("utility_links", cls="pipe", id_field="name", fields={"from_node": "start_node_name"},
-                constants={"network": "water_supply"})
+    m = Mapping(
+        "utility_links",
+        cls="pipe",
+        id_field="name",
+        fields={"from_node": "start_node_name"},
+        constants={"network": "water_supply"},
+    )
     with pytest.raises(InvalidInput, match="required attribute 'to_node' is missing") as err:
         load_bundle(store, read_vector(shared_data / "ky4" / "ky4_pipes.geojson", TWIN_CRS, [m]))
     assert err.value.feature == "P-1" and "ky4_pipes.geojson" in str(err.value)
 
     path = _nodes_geojson(tmp_path, [_point("J-1"), _point("J-2"), _point("J-3", elevation="high")])
-    with pytest.raises(InvalidInput, match="attribute 'elevation' expects float, got 'high'") as err:
+    with pytest.raises(
+        InvalidInput, match="attribute 'elevation' expects float, got 'high'"
+    ) as err:
         load_bundle(store, read_vector(path, TWIN_CRS, [junctions()]))
     assert err.value.feature == "ky4:J-3" and err.value.line is not None
     _assert_unchanged(store)

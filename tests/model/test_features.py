@@ -19,21 +19,43 @@ def frame(**columns):
 
 
 def test_every_layer_named_by_the_model_exists():
-    for name in ("buildings", "streets", "water_bodies", "zones", "facilities", "utility_nodes",
-                 "utility_links", "devices"):
+    for name in (
+        "buildings",
+        "streets",
+        "water_bodies",
+        "zones",
+        "facilities",
+        "utility_nodes",
+        "utility_links",
+        "devices",
+    ):
         assert name in LAYERS
-    assert {"water_supply", "sewer", "storm", "gas", "power", "heating", "telecom"} <= set(NETWORK_TYPES)
-    for cls in ("hospital", "school", "shelter", "pumping_station", "substation", "gas_station",
-                "fire_station"):
+    assert {"water_supply", "sewer", "storm", "gas", "power", "heating", "telecom"} <= set(
+        NETWORK_TYPES
+    )
+    for cls in (
+        "hospital",
+        "school",
+        "shelter",
+        "pumping_station",
+        "substation",
+        "gas_station",
+        "fire_station",
+    ):
         assert cls in layer("facilities").classes
     for attr in ("cover_level", "invert_level", "depth"):
         assert layer("utility_nodes").has_attribute(attr)
 
 
 def test_valid_frame_is_typed_and_completed():
-    out = validate_frame("buildings", frame(id=["a", "b"], **{"class": ["building"] * 2},
-                                            height=["12.5", 30], floors=[4.0, None]),
-                         source="s.geojson", valid_from=dt.datetime(2020, 1, 1))
+    out = validate_frame(
+        "buildings",
+        frame(
+            id=["a", "b"], **{"class": ["building"] * 2}, height=["12.5", 30], floors=[4.0, None]
+        ),
+        source="s.geojson",
+        valid_from=dt.datetime(2020, 1, 1),
+    )
     assert out["height"].tolist() == [12.5, 30.0]
     assert out["floors"].iloc[0] == 4 and out["floors"].isna().iloc[1]
     assert str(out["floors"].dtype) == "Int64"
@@ -66,9 +88,11 @@ def test_wrong_values_name_feature_and_attribute(columns, message, feature):
 def test_unknown_class_missing_required_and_duplicate_ids():
     with pytest.raises(InvalidInput, match="unknown class 'castle'"):
         validate_frame("buildings", frame(id=["a"], **{"class": ["castle"]}))
-    links = gpd.GeoDataFrame({"id": ["p1"], "class": ["pipe"], "network": ["water_supply"],
-                              "from_node": ["n1"]},
-                             geometry=[shapely.LineString([(0, 0), (1, 1)])], crs="EPSG:32650")
+    links = gpd.GeoDataFrame(
+        {"id": ["p1"], "class": ["pipe"], "network": ["water_supply"], "from_node": ["n1"]},
+        geometry=[shapely.LineString([(0, 0), (1, 1)])],
+        crs="EPSG:32650",
+    )
     with pytest.raises(InvalidInput, match="required attribute 'to_node' is missing"):
         validate_frame("utility_links", links)
     with pytest.raises(InvalidInput, match="duplicate feature id") as err:
@@ -85,11 +109,16 @@ def test_invalid_wrong_kind_and_missing_geometry():
     with pytest.raises(InvalidInput, match="invalid geometry: Self-intersection") as err:
         validate_frame("buildings", frame(id=["x"], **{"class": ["building"]}, geometry=[bowtie]))
     assert err.value.feature == "x" and "--repair-geometry" in str(err.value)
-    repaired = validate_frame("buildings", frame(id=["x"], **{"class": ["building"]}, geometry=[bowtie]),
-                              repair_geometry=True)
+    repaired = validate_frame(
+        "buildings",
+        frame(id=["x"], **{"class": ["building"]}, geometry=[bowtie]),
+        repair_geometry=True,
+    )
     assert repaired.geometry.iloc[0].is_valid
     with pytest.raises(InvalidInput, match="geometry is a Point, layer 'buildings' takes Polygon"):
-        validate_frame("buildings", frame(id=["x"], **{"class": ["building"]}, geometry=[shapely.Point(0, 0)]))
+        validate_frame(
+            "buildings", frame(id=["x"], **{"class": ["building"]}, geometry=[shapely.Point(0, 0)])
+        )
     with pytest.raises(InvalidInput, match="geometry is missing or empty"):
         validate_frame("buildings", frame(id=["x"], **{"class": ["building"]}, geometry=[None]))
 

@@ -21,10 +21,16 @@ def buildings(n: int, seed: int = 0, prefix: str = "b") -> gpd.GeoDataFrame:
     x, y = rng.uniform(0, 2000, n), rng.uniform(0, 2000, n)
     w = rng.uniform(5, 30, n)
     frame = gpd.GeoDataFrame(
-        {"id": [f"{prefix}{i}" for i in range(n)], "class": "building",
-         "height": rng.uniform(3, 120, n).round(1), "floors": rng.integers(1, 40, n),
-         "use": rng.choice(["residential", "office", "school"], n)},
-        geometry=shapely.box(x, y, x + w, y + w), crs="EPSG:32650")
+        {
+            "id": [f"{prefix}{i}" for i in range(n)],
+            "class": "building",
+            "height": rng.uniform(3, 120, n).round(1),
+            "floors": rng.integers(1, 40, n),
+            "use": rng.choice(["residential", "office", "school"], n),
+        },
+        geometry=shapely.box(x, y, x + w, y + w),
+        crs="EPSG:32650",
+    )
     return validate_frame("buildings", frame, source="test", valid_from=T0)
 
 
@@ -62,7 +68,9 @@ def test_nearest_matches_brute_force(store):
 
 
 def test_nearest_with_fewer_matches_than_k(store, make_twin):
-    got = store.nearest(Query("buildings", where=[Filter("height", ">", 119.5)]), shapely.Point(0, 0), 50)
+    got = store.nearest(
+        Query("buildings", where=[Filter("height", ">", 119.5)]), shapely.Point(0, 0), 50
+    )
     truth = buildings(3000)
     assert len(got) == (truth.height > 119.5).sum() < 50
     assert len(make_twin().nearest(Query("buildings"), shapely.Point(0, 0), 3)) == 0
@@ -70,14 +78,19 @@ def test_nearest_with_fewer_matches_than_k(store, make_twin):
 
 def test_attribute_filters_order_and_paging(store):
     truth = buildings(3000)
-    got = store.query(Query("buildings", where=[Filter("height", ">=", 100), Filter("use", "=", "office")]))
+    got = store.query(
+        Query("buildings", where=[Filter("height", ">=", 100), Filter("use", "=", "office")])
+    )
     assert set(got["id"]) == set(truth[(truth.height >= 100) & (truth.use == "office")]["id"])
     top = store.query(Query("buildings", order_by="-height", limit=5))
     assert list(top["height"]) == sorted(truth["height"], reverse=True)[:5]
     pages = list(store.iter_pages(Query("buildings"), page_size=700))
     assert [len(p) for p in pages] == [700, 700, 700, 700, 200]
     assert len(set().union(*(set(p["id"]) for p in pages))) == 3000
-    assert store.count(Query("buildings", where=[Filter("use", "in", ["school"])])) == (truth.use == "school").sum()
+    assert (
+        store.count(Query("buildings", where=[Filter("use", "in", ["school"])]))
+        == (truth.use == "school").sum()
+    )
     assert Filter.parse("height>=30") == Filter("height", ">=", 30)
     assert Filter.parse("name~Tower%") == Filter("name", "like", "Tower%")
 
@@ -89,7 +102,10 @@ def test_update_keeps_history_and_as_of_returns_past_state(store):
     f["status"] = "under_construction"
     store.update("buildings", f, at=dt.datetime(2023, 5, 1))
     assert store.get("buildings", "b1").attributes["height"] == 200.0
-    assert store.get("buildings", "b1", as_of=dt.datetime(2022, 1, 1)).attributes["height"] == old_height
+    assert (
+        store.get("buildings", "b1", as_of=dt.datetime(2022, 1, 1)).attributes["height"]
+        == old_height
+    )
     assert store.get("buildings", "b1", as_of=dt.datetime(2019, 1, 1)) is None
     assert len(store.history("buildings", "b1")) == 2
     store.retire("buildings", ["b2"], at=dt.datetime(2024, 1, 1))
@@ -126,8 +142,15 @@ def test_persists_across_reopen_with_rasters_and_documents(tmp_path):
     s.insert("buildings", buildings(50))
     s.put_document("network/x", {"k": [1, 2]})
     with MemoryFile() as mem:
-        with mem.open(driver="GTiff", width=4, height=3, count=1, dtype="float32", crs="EPSG:4547",
-                      transform=from_origin(0, 30, 10, 10)) as ds:
+        with mem.open(
+            driver="GTiff",
+            width=4,
+            height=3,
+            count=1,
+            dtype="float32",
+            crs="EPSG:4547",
+            transform=from_origin(0, 30, 10, 10),
+        ) as ds:
             ds.write(np.arange(12, dtype="float32").reshape(1, 3, 4))
         s.put_raster("dem", "dem", mem.read())
     s.close()
@@ -140,7 +163,9 @@ def test_persists_across_reopen_with_rasters_and_documents(tmp_path):
         assert ds.read(1)[2, 3] == 11
     assert rasterio.crs.CRS.from_string("EPSG:4547") == ds.crs
     summary = s.summary()[0]
-    assert summary.layer == "buildings" and summary.count == 50 and summary.classes == {"building": 50}
+    assert (
+        summary.layer == "buildings" and summary.count == 50 and summary.classes == {"building": 50}
+    )
     s.close()
 
 
