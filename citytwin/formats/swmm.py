@@ -859,7 +859,7 @@ class _Writer:
     def current(self, store: Store, layer_name: str) -> gpd.GeoDataFrame:
         q = Query(
             layer_name,
-            where=[Filter("id", "like", self.prefix + "%")],
+            where=[Filter("id", "startswith", self.prefix)],
             classes=["subcatchment"] if layer_name == "zones" else None,
             order_by="id",
         )

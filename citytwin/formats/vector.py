@@ -123,11 +123,15 @@ def source_layers(path: str | Path) -> list[str]:
     try:
         return [str(name) for name, _ in pyogrio.list_layers(p)]
     except (DataSourceError, DataLayerError) as exc:
-        raise InvalidInput(
-            f"can't read as a vector dataset: {exc}",
-            source=str(p),
-            hint="is the file complete and in a format GDAL reads?",
-        ) from None
+        raise _unreadable(p, exc) from None
+
+
+def _unreadable(p: Path, exc: Exception) -> InvalidInput:
+    return InvalidInput(
+        f"can't read as a vector dataset: {exc}",
+        source=str(p),
+        hint="is the file complete and in a format GDAL reads?",
+    )
 
 
 def read_source_frame(
@@ -143,11 +147,7 @@ def read_source_frame(
         else:
             frame = pyogrio.read_dataframe(p, layer=source_layer, use_arrow=True)
     except (DataSourceError, DataLayerError) as exc:
-        raise InvalidInput(
-            f"can't read as a vector dataset: {exc}",
-            source=str(p),
-            hint="is the file complete and in a format GDAL reads?",
-        ) from None
+        raise _unreadable(p, exc) from None
     except (OSError, ValueError) as exc:  # pyarrow and GeoParquet metadata errors
         raise InvalidInput(
             f"can't read: {exc}", source=str(p), hint="is the file complete and valid GeoParquet?"

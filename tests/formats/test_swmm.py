@@ -14,27 +14,19 @@ from pyswmm import Links, Nodes, Simulation, SystemStats
 
 from citytwin.errors import InvalidInput
 from citytwin.formats.base import load_bundle
-from citytwin.formats.swmm import read_swmm, write_swmm
+from citytwin.formats.swmm import (
+    ACRE,
+    FT,
+    HECTARE,
+    LINK_SECTIONS,
+    NODE_SECTIONS,
+    read_swmm,
+    write_swmm,
+)
 from citytwin.store import Query
 from tests.conftest import package_data
 
-FT = 0.3048
-ACRE = 4046.8564224
-HECTARE = 10_000.0
 PYSTORMS = ("alpha", "beta", "delta", "epsilon", "gamma", "theta", "zeta")
-NODE_SECTIONS = {
-    "JUNCTIONS": "manhole",
-    "OUTFALLS": "outfall",
-    "STORAGE": "storage",
-    "DIVIDERS": "divider",
-}
-LINK_SECTIONS = {
-    "CONDUITS": "conduit",
-    "PUMPS": "pump",
-    "ORIFICES": "orifice",
-    "WEIRS": "weir",
-    "OUTLETS": "outlet",
-}
 LAYERS = ("utility_nodes", "utility_links", "zones")
 
 
