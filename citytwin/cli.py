@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import shapely
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from citytwin.errors import CityTwinError
@@ -192,14 +199,15 @@ def import_(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
+                MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 console=err_console,
                 transient=True,
-            ) as progress:
-                task = progress.add_task(f"importing {path.name}", total=3)
+            ) as bar:
+                task = bar.add_task(f"importing {path.name}", total=None)
 
-                def stage(text: str) -> None:
-                    progress.update(task, description=f"{path.name}: {text}", advance=1)
+                def progress(done: int, total: int | None) -> None:
+                    bar.update(task, completed=done, total=total)
 
                 counts = import_file(
                     store,
@@ -207,7 +215,7 @@ def import_(
                     fmt=kind,
                     valid_from=_date(valid_from),
                     repair_geometry=repair_geometry,
-                    on_stage=stage,
+                    progress=progress,
                     **options,
                 )
             summary = (

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from citytwin.errors import InvalidInput
-from citytwin.formats.base import ImportBundle, Raster, load_bundle, require_file
+from citytwin.formats.base import ImportBundle, Progress, Raster, load_bundle, require_file
 
 FORMATS = ("vector", "geoparquet", "cityjson", "osm", "geotiff", "epanet", "swmm")
 
@@ -81,17 +80,17 @@ def import_file(
     fmt: str | None = None,
     valid_from: dt.datetime | None = None,
     repair_geometry: bool = False,
-    on_stage: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> dict[str, int]:
-    """Import one file into the twin, all or nothing; returns features written per layer."""
-    stage = on_stage or (lambda _s: None)
-    stage("reading")
+    """Import one file into the twin, all or nothing; returns features written per layer.
+
+    ``progress(done, total)`` is called as features are validated (total None if unknown).
+    """
     bundle = read_any(path, store.meta.crs, fmt=fmt, **options)
-    stage(f"validating {sum(bundle.counts().values()):,} features")
-    counts = load_bundle(store, bundle, valid_from=valid_from, repair_geometry=repair_geometry)
-    stage("written")
-    return counts
+    return load_bundle(
+        store, bundle, valid_from=valid_from, repair_geometry=repair_geometry, progress=progress
+    )
 
 
 __all__ = [

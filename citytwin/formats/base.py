@@ -26,8 +26,8 @@ from citytwin.errors import InvalidInput
 from citytwin.model import validate_frame
 from citytwin.store import Store
 
-Progress = Callable[[str, int, int], None]
-"""Progress callback: (what, done, total)."""
+Progress = Callable[[int, int | None], None]
+"""Progress callback: (features done, features in all or None where unknown)."""
 
 
 @dataclass
@@ -56,6 +56,8 @@ class ImportBundle:
     rasters: list[Raster] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     locators: dict[str, Callable[[InvalidInput], InvalidInput]] = field(default_factory=dict)
+    expected: int | None = None
+    """Features the chunked layers will bring, where the source says so (for progress)."""
     """Per layer: adds the source line to a validation error, where the format has lines."""
 
     def add(self, layer_name: str, frame: gpd.GeoDataFrame) -> None:
@@ -121,11 +123,24 @@ def load_bundle(
     *,
     valid_from: dt.datetime | None = None,
     repair_geometry: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, int]:
     """Validate every frame of ``bundle`` and write it all in one transaction.
 
     Returns the number of features written per layer. On any error nothing is written.
+    ``progress(done, total)`` hears of every frame or chunk validated.
     """
+    total = bundle.expected
+    if total is not None or not any(_is_chunked(c) for c in bundle.layers.values()):
+        total = (total or 0) + sum(len(f) for f in bundle.layers.values() if not _is_chunked(f))
+    done = 0
+
+    def report(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        nonlocal done
+        done += len(frame)
+        if progress is not None:
+            progress(done, total)
+        return frame
 
     def validated(name: str, frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         try:
@@ -141,13 +156,15 @@ def load_bundle(
             raise (locate(exc) if locate else exc) from None
 
     # whole frames are checked before anything is written; chunks as they stream in
-    ready = {name: validated(name, f) for name, f in bundle.layers.items() if not _is_chunked(f)}
+    ready = {
+        name: report(validated(name, f)) for name, f in bundle.layers.items() if not _is_chunked(f)
+    }
     counts = {}
     with store.transaction():
         for name, content in bundle.layers.items():
             if _is_chunked(content):
                 chunks = _parallel(lambda chunk, name=name: validated(name, chunk()), content)
-                counts[name] = store.insert_chunks(name, chunks)
+                counts[name] = store.insert_chunks(name, map(report, chunks))
             else:
                 counts[name] = store.insert(name, ready[name])
         for raster in bundle.rasters:

@@ -184,7 +184,9 @@ def read_vector(
                 source=source,
                 hint=f"layers: {', '.join(names)}",
             )
-        if _is_large(p, m.source_layer) and len(mappings) == 1:
+        large = _feature_count(p, m.source_layer)
+        if large > CHUNK_ROWS and len(mappings) == 1:
+            bundle.expected = large
             bundle.layers[m.layer] = (
                 lambda piece=piece, m=m: to_twin_crs(
                     apply_mapping(_with_crs(piece(), crs, source), m, source=source),
@@ -209,13 +211,14 @@ CHUNK_ROWS = 65_536
 random access only: GeoParquet by row groups, GeoPackage and FlatGeobuf by feature ranges)."""
 
 
-def _is_large(p: Path, source_layer: str | None) -> bool:
+def _feature_count(p: Path, source_layer: str | None) -> int:
+    """Features in a source that can be streamed in chunks (0 for the others)."""
     suffix = p.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
-        return pq.ParquetFile(p).metadata.num_rows > CHUNK_ROWS
+        return pq.ParquetFile(p).metadata.num_rows
     if suffix in (".gpkg", ".fgb"):
-        return pyogrio.read_info(p, layer=source_layer)["features"] > CHUNK_ROWS
-    return False
+        return max(pyogrio.read_info(p, layer=source_layer)["features"], 0)
+    return 0
 
 
 def _pieces(p: Path, source_layer: str | None) -> Iterator[Callable[[], gpd.GeoDataFrame]]:
@@ -233,7 +236,9 @@ def _pieces(p: Path, source_layer: str | None) -> Iterator[Callable[[], gpd.GeoD
             for batch in f.iter_batches(batch_size=CHUNK_ROWS, columns=wanted):
                 yield lambda batch=batch: _arrow_frame(batch, column, crs)
         else:
-            with pyogrio.open_arrow(p, layer=source_layer, batch_size=CHUNK_ROWS) as (meta, reader):
+            with pyogrio.open_arrow(
+                p, layer=source_layer, batch_size=CHUNK_ROWS, use_pyarrow=True
+            ) as (meta, reader):
                 column = meta["geometry_name"] or "wkb_geometry"
                 for batch in reader:
                     yield lambda batch=batch, crs=meta["crs"]: _arrow_frame(batch, column, crs)

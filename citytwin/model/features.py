@@ -201,12 +201,14 @@ def validate_frame(
         raise fail(pos, f"unknown status {status.iloc[pos]!r}", f"use one of {', '.join(STATUSES)}")
     df["status"] = status.astype(object)
     df["id"] = ids
-    for col, default in (("valid_from", valid_from or now), ("imported_at", now)):
-        if col in df.columns:
-            values = pd.to_datetime(df[col], errors="coerce")
-            df[col] = values.fillna(pd.Timestamp(default)).astype("datetime64[ns]")
-        else:
-            df[col] = pd.Series(pd.Timestamp(default), index=df.index, dtype="datetime64[ns]")
+    if "valid_from" in df.columns:  # times are stored as naive UTC
+        values = pd.to_datetime(df["valid_from"], errors="coerce", utc=True).dt.tz_localize(None)
+        df["valid_from"] = values.fillna(pd.Timestamp(valid_from or now)).astype("datetime64[ns]")
+    else:
+        df["valid_from"] = pd.Series(
+            pd.Timestamp(valid_from or now), index=df.index, dtype="datetime64[ns]"
+        )
+    df["imported_at"] = pd.Series(pd.Timestamp(now), index=df.index, dtype="datetime64[ns]")
     df["valid_to"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]")
     if "source" not in df.columns:
         df["source"] = source

@@ -213,3 +213,51 @@ def test_missing_required_field_and_wrong_type(make_twin, shared_data, tmp_path)
         load_bundle(store, read_vector(path, TWIN_CRS, [junctions()]))
     assert err.value.feature == "ky4:J-3" and err.value.line is not None
     _assert_unchanged(store)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".gpkg", ".fgb"])
+def test_large_sources_stream_in_chunks_all_or_nothing(
+    make_twin, shared_data, tmp_path, monkeypatch, suffix
+):
+    import citytwin.formats.vector as vector
+
+    store = make_twin(TWIN_CRS)
+    load_bundle(store, read_vector(shared_data / "ky4" / "ky4_pipes.geojson", TWIN_CRS, [pipes()]))
+    path = tmp_path / f"pipes{suffix}"
+    write_vector(store, "utility_links", path)
+    monkeypatch.setattr(vector, "CHUNK_ROWS", 300)  # 1,156 pipes: four chunks
+
+    bundle = read_vector(path, TWIN_CRS, [Mapping("utility_links")])
+    assert bundle.expected == 1156 and not isinstance(
+        bundle.layers["utility_links"], gpd.GeoDataFrame
+    )
+    seen = []
+    chunked = make_twin(TWIN_CRS)
+    counts = load_bundle(chunked, bundle, progress=lambda done, total: seen.append((done, total)))
+    assert counts == {"utility_links": 1156}
+    assert len(seen) >= 4 and seen[-1] == (1156, 1156)
+    a = store.query(Query("utility_links", order_by="id"))
+    b = chunked.query(Query("utility_links", order_by="id"))
+    assert list(a["id"]) == list(b["id"]) and np.allclose(a["length"], b["length"])
+
+    # a bad value in the last chunk: nothing of the earlier chunks stays
+    frame = gpd.read_file(path) if suffix != ".parquet" else gpd.read_parquet(path)
+    frame.loc[len(frame) - 1, "diameter"] = -1.0
+    bad = tmp_path / f"bad{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(bad)
+    else:
+        frame.to_file(bad)
+    empty = make_twin(TWIN_CRS)
+    with pytest.raises(InvalidInput, match="'diameter' must be >= 0"):
+        load_bundle(empty, read_vector(bad, TWIN_CRS, [Mapping("utility_links")]))
+    # the same id in two chunks is caught too
+    frame.loc[len(frame) - 1, ["diameter", "id"]] = [0.2, frame["id"].iloc[0]]
+    dup = tmp_path / f"dup{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(dup)
+    else:
+        frame.to_file(dup)
+    with pytest.raises(InvalidInput, match="duplicate feature id"):
+        load_bundle(empty, read_vector(dup, TWIN_CRS, [Mapping("utility_links")]))
+    assert empty.count(Query("utility_links")) == 0
