@@ -10,7 +10,7 @@ import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import geopandas as gpd
@@ -194,23 +194,20 @@ class Store(ABC):
         return features_from_frame(layer_name, frame)[0] if len(frame) else None
 
     def iter_pages(self, q: Query, page_size: int = 10_000) -> Iterator[gpd.GeoDataFrame]:
-        """The features matching ``q`` page by page, in a stable order."""
-        offset = q.offset
-        while True:
-            page = self.query(
-                Query(
-                    **{
-                        **q.__dict__,
-                        "order_by": q.order_by or "id",
-                        "limit": page_size,
-                        "offset": offset,
-                    }
-                )
+        """The features matching ``q`` page by page, in id order (keyset paging: each page
+        costs the same however deep it is)."""
+        if q.order_by not in (None, "id") or q.offset or q.limit is not None:
+            raise InvalidInput(
+                "pages run over all matches in id order",
+                hint="drop order_by, offset and limit, or use query()",
             )
-            if len(page) == 0:
-                return
-            yield page
-            offset += len(page)
+        last: str | None = None
+        while True:
+            where = [*q.where, Filter("id", ">", last)] if last is not None else list(q.where)
+            page = self.query(replace(q, where=where, order_by="id", limit=page_size, offset=0))
+            if len(page):
+                yield page
+                last = str(page["id"].iloc[-1])
             if len(page) < page_size:
                 return
 
