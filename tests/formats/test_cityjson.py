@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import cityjson_lib
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -261,6 +262,10 @@ def test_export_validates_and_round_trips(make_twin, tmp_path, name):
 
     doc = json.loads(out.read_text())
     assert validate_cityjson(doc) == []
+    # an independent, strict CityJSON 2.0 implementation (cityjson-lib, Rust) reads it
+    summary = cityjson_lib.CityModel.parse_document_bytes(out.read_bytes()).summary()
+    assert summary.cityobject_count == len(doc["CityObjects"])
+    assert summary.vertex_count == len(doc["vertices"])
     assert doc["version"] == "2.0" and doc["transform"]["scale"] == [0.001] * 3
     assert doc["metadata"]["referenceSystem"] == (
         f"https://www.opengis.net/def/crs/EPSG/0/{twin.split(':')[1]}"
