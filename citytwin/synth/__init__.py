@@ -1,0 +1,1 @@
+"""The virtual city: a deterministic, physically consistent city of any size, from one seed."""
