@@ -297,3 +297,28 @@ def sample_along_line(
 def write_geotiff(store: Store, name: str, path: str | Path) -> None:
     """Write the twin's raster ``name`` to a GeoTIFF file."""
     Path(path).write_bytes(store.get_raster(name))
+
+
+def grid_geotiff(
+    values: np.ndarray,
+    crs: Any,
+    west: float,
+    north: float,
+    cell: float,
+    *,
+    nodata: float | None = None,
+    units: str | None = "m",
+) -> bytes:
+    """GeoTIFF bytes (tiled, compressed) of a north-up grid of square cells."""
+    from rasterio.transform import from_origin
+
+    values = np.asarray(values)
+    return _geotiff_bytes(
+        values[None, :, :],
+        _rio_crs(parse_crs(crs)),
+        from_origin(west, north, cell, cell),
+        _nodata(values.dtype, nodata),
+        {},
+        (None,),
+        (units,),
+    )

@@ -11,6 +11,7 @@ no I/O. The utility networks are laid on this layout by the other ``synth`` modu
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -27,8 +28,15 @@ ORIGIN = (431_000.0, 2_552_000.0)  # south-west corner: near Tianhe, Guangzhou (
 LOCAL_SPACING = 150.0  # m between local streets
 ARTERIAL_EVERY = 6  # every 6th street line is an arterial (900 m), every 3rd a secondary
 STREET_WIDTH = {"primary": 32.0, "secondary": 20.0, "residential": 12.0}
-STOREY = {"residential": 3.0, "commercial": 4.0, "office": 4.0, "industrial": 8.0,
-          "school": 3.6, "hospital": 4.2, "public": 4.0}
+STOREY = {
+    "residential": 3.0,
+    "commercial": 4.0,
+    "office": 4.0,
+    "industrial": 8.0,
+    "school": 3.6,
+    "hospital": 4.2,
+    "public": 4.0,
+}
 FLOOR_AREA_PER_RESIDENT = 33.0  # m² (urban China, living space per person, ~2020)
 FLOOR_AREA_PER_WORKER = 15.0  # m² of office or commercial floor per day-time worker
 
@@ -37,7 +45,7 @@ LAND_USES = ("cbd", "old_town", "residential", "industrial", "park")
 
 @dataclass
 class Terrain:
-    """A DEM: ``dem[row, col]``, north-up; cell centres at x0 + (col + ½)·cell, y0 − (row + ½)·cell."""
+    """A north-up DEM: cell centres at x0 + (col + ½)·cell, y0 − (row + ½)·cell."""
 
     dem: np.ndarray
     x0: float  # west edge
@@ -81,8 +89,9 @@ class Streets:
 
     def lines(self) -> np.ndarray:
         """Edge geometries (LineStrings)."""
-        return shapely.linestrings(self.nodes[self.edges].reshape(-1, 2), indices=np.repeat(
-            np.arange(len(self.edges)), 2))
+        return shapely.linestrings(
+            self.nodes[self.edges].reshape(-1, 2), indices=np.repeat(np.arange(len(self.edges)), 2)
+        )
 
 
 @dataclass
@@ -125,8 +134,19 @@ def plan_layout(area_km2: float = 4.0, seed: int = 1, *, cell: float | None = No
     buildings = _with_people(_public_buildings(buildings, blocks, rng), terrain)
     facilities = _facilities(buildings, blocks, streets, river, terrain, side, rng)
     districts = _districts(side, x0, y0, buildings)
-    return CityLayout(seed, area_km2, side, (x0, y0), terrain, river, streets, blocks, buildings,
-                      facilities, districts)
+    return CityLayout(
+        seed,
+        area_km2,
+        side,
+        (x0, y0),
+        terrain,
+        river,
+        streets,
+        blocks,
+        buildings,
+        facilities,
+        districts,
+    )
 
 
 def _cell_size(side: float) -> float:
@@ -158,9 +178,10 @@ def _river(side: float, x0: float, y0: float, rng: np.random.Generator) -> River
     return river
 
 
-def _terrain(side: float, x0: float, y0: float, cell: float, river: River,
-             rng: np.random.Generator) -> Terrain:
-    n = int(math.ceil(side / cell))
+def _terrain(
+    side: float, x0: float, y0: float, cell: float, river: River, rng: np.random.Generator
+) -> Terrain:
+    n = math.ceil(side / cell)
     xs = (np.arange(n) + 0.5) * cell
     ys = side - (np.arange(n) + 0.5) * cell  # north-up rows
     X, Y = np.meshgrid(xs, ys)
@@ -220,7 +241,7 @@ def _streets(side: float, x0: float, y0: float, river: River, rng: np.random.Gen
     for i in range(k):
         cls = _line_class(i)
         dry = [j for j in range(k) if not wet[nid[i, j]]]
-        for a, b in zip(dry, dry[1:], strict=False):
+        for a, b in itertools.pairwise(dry):
             crossing = b - a > 1
             if crossing and cls == "residential":
                 continue
@@ -230,7 +251,9 @@ def _streets(side: float, x0: float, y0: float, river: River, rng: np.random.Gen
     edges = np.array(edges)
     classes = np.array(classes)
     bridges = np.array(bridges)
-    segs = shapely.linestrings(nodes[edges].reshape(-1, 2), indices=np.repeat(np.arange(len(edges)), 2))
+    segs = shapely.linestrings(
+        nodes[edges].reshape(-1, 2), indices=np.repeat(np.arange(len(edges)), 2)
+    )
     keep = bridges | ~shapely.intersects(segs, river.channel)
     # superblocks: drop some residential street segments, never cutting the graph apart
     drop = (classes == "residential") & (rng.random(len(edges)) < 0.12)
@@ -239,7 +262,12 @@ def _streets(side: float, x0: float, y0: float, river: River, rng: np.random.Gen
     keep, edges, nodes = _largest_component(edges, nodes)
     classes, bridges = classes[keep], bridges[keep]
     widths = np.array([STREET_WIDTH[c] for c in classes])
-    names = np.array([_street_name(nodes[a], nodes[b], c, x0, y0) for (a, b), c in zip(edges, classes, strict=True)])
+    names = np.array(
+        [
+            _street_name(nodes[a], nodes[b], c, x0, y0)
+            for (a, b), c in zip(edges, classes, strict=True)
+        ]
+    )
     return Streets(nodes, edges, classes, widths, bridges, names)
 
 
@@ -250,7 +278,9 @@ def _street_name(a: np.ndarray, b: np.ndarray, cls: str, x0: float, y0: float) -
     return f"{int((a[0] - x0) // LOCAL_SPACING) + 1}th {kind} East"
 
 
-def _largest_component(edges: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _largest_component(
+    edges: np.ndarray, nodes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The edges kept (mask), renumbered edges and nodes of the largest connected piece."""
     n = len(nodes)
     graph = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
@@ -267,14 +297,25 @@ def _largest_component(edges: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray
 
 
 # -- blocks and land use -------------------------------------------------------------------
-def _blocks(side: float, x0: float, y0: float, streets: Streets, river: River, terrain: Terrain,
-            rng: np.random.Generator) -> gpd.GeoDataFrame:
+def _blocks(
+    side: float,
+    x0: float,
+    y0: float,
+    streets: Streets,
+    river: River,
+    terrain: Terrain,
+    rng: np.random.Generator,
+) -> gpd.GeoDataFrame:
     coords = np.arange(LOCAL_SPACING / 2, side, LOCAL_SPACING)
     half = np.array([STREET_WIDTH[_line_class(k)] / 2 for k in range(len(coords))])
     i, j = np.meshgrid(np.arange(len(coords) - 1), np.arange(len(coords) - 1), indexing="ij")
     i, j = i.ravel(), j.ravel()
-    boxes = shapely.box(x0 + coords[i] + half[i], y0 + coords[j] + half[j],
-                        x0 + coords[i + 1] - half[i + 1], y0 + coords[j + 1] - half[j + 1])
+    boxes = shapely.box(
+        x0 + coords[i] + half[i],
+        y0 + coords[j] + half[j],
+        x0 + coords[i + 1] - half[i + 1],
+        y0 + coords[j + 1] - half[j + 1],
+    )
     # waterfront: keep a 20 m promenade between the river and the first buildings
     boxes = shapely.difference(boxes, river.channel.buffer(20.0))
     boxes = np.array([_largest_part(g) for g in boxes], dtype=object)
@@ -283,8 +324,9 @@ def _blocks(side: float, x0: float, y0: float, streets: Streets, river: River, t
     centres = shapely.get_coordinates(shapely.centroid(boxes))
     ground = terrain.sample(centres)
     use = _land_use(centres - np.array([x0, y0]), ground, side, river, rng)
-    return gpd.GeoDataFrame({"block": np.arange(len(boxes)), "land_use": use, "ground": ground},
-                            geometry=boxes, crs=CRS)
+    return gpd.GeoDataFrame(
+        {"block": np.arange(len(boxes)), "land_use": use, "ground": ground}, geometry=boxes, crs=CRS
+    )
 
 
 def _largest_part(geom: shapely.Geometry) -> shapely.Geometry:
@@ -294,8 +336,9 @@ def _largest_part(geom: shapely.Geometry) -> shapely.Geometry:
     return parts[np.argmax(shapely.area(parts))]
 
 
-def _land_use(rel: np.ndarray, ground: np.ndarray, side: float, river: River,
-              rng: np.random.Generator) -> np.ndarray:
+def _land_use(
+    rel: np.ndarray, ground: np.ndarray, side: float, river: River, rng: np.random.Generator
+) -> np.ndarray:
     """Land use of blocks from their position: CBD on the waterfront at each centre, the old
     town beside it on the north bank, industry downstream by the river, parks on the hills."""
     x, y = rel[:, 0], rel[:, 1]
@@ -329,18 +372,42 @@ class _Kind:
 
 
 _KINDS = {
-    "cbd": _Kind((80, 80), ((30, 46), (30, 46)), (30, 80), (("office", 0.7), ("commercial", 0.3)),
-                 0.85, (2000, 2022), (0.9, 4)),
-    "old_town": _Kind((17, 17), ((11, 15), (11, 15)), (3, 8),
-                      (("residential", 0.8), ("commercial", 0.2)), 0.88, (1950, 1995), (0.0, 0)),
-    "residential": _Kind((52, 64), ((36, 44), (15, 19)), (10, 33), (("residential", 1.0),),
-                         0.9, (1992, 2021), (0.6, 2)),
-    "industrial": _Kind((95, 70), ((50, 72), (30, 46)), (1, 2), (("industrial", 1.0),),
-                        0.8, (1985, 2015), (0.0, 0)),
+    "cbd": _Kind(
+        (80, 80),
+        ((30, 46), (30, 46)),
+        (30, 80),
+        (("office", 0.7), ("commercial", 0.3)),
+        0.85,
+        (2000, 2022),
+        (0.9, 4),
+    ),
+    "old_town": _Kind(
+        (17, 17),
+        ((11, 15), (11, 15)),
+        (3, 8),
+        (("residential", 0.8), ("commercial", 0.2)),
+        0.88,
+        (1950, 1995),
+        (0.0, 0),
+    ),
+    "residential": _Kind(
+        (52, 64),
+        ((36, 44), (15, 19)),
+        (10, 33),
+        (("residential", 1.0),),
+        0.9,
+        (1992, 2021),
+        (0.6, 2),
+    ),
+    "industrial": _Kind(
+        (95, 70), ((50, 72), (30, 46)), (1, 2), (("industrial", 1.0),), 0.8, (1985, 2015), (0.0, 0)
+    ),
 }
 
 
-def _buildings(blocks: gpd.GeoDataFrame, river: River, rng: np.random.Generator) -> gpd.GeoDataFrame:
+def _buildings(
+    blocks: gpd.GeoDataFrame, river: River, rng: np.random.Generator
+) -> gpd.GeoDataFrame:
     """Footprints on a slot grid in each block, by land use (heights and people come later)."""
     frames = []
     for use, kind in _KINDS.items():
@@ -348,8 +415,9 @@ def _buildings(blocks: gpd.GeoDataFrame, river: River, rng: np.random.Generator)
         if len(mine) == 0:
             continue
         cx, cy, owner = [], [], []
-        for b, (minx, miny, maxx, maxy) in zip(mine["block"], shapely.bounds(mine.geometry.to_numpy()),
-                                               strict=True):
+        for b, (minx, miny, maxx, maxy) in zip(
+            mine["block"], shapely.bounds(mine.geometry.to_numpy()), strict=True
+        ):
             nx = max(int((maxx - minx) // kind.slot[0]), 1)
             ny = max(int((maxy - miny) // kind.slot[1]), 1)
             gx = minx + (np.arange(nx) + 0.5) * (maxx - minx) / nx
@@ -370,11 +438,19 @@ def _buildings(blocks: gpd.GeoDataFrame, river: River, rng: np.random.Generator)
         floors = rng.integers(kind.floors[0], kind.floors[1] + 1, n)
         has_basement = rng.random(n) < kind.basements[0]
         basements = np.where(has_basement, rng.integers(1, max(kind.basements[1], 1) + 1, n), 0)
-        frames.append(pd.DataFrame({
-            "geometry": foot, "block": owner, "use": uses, "floors": floors,
-            "basement_floors": basements, "year_built": rng.integers(*kind.years, n),
-            "district_use": use,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "geometry": foot,
+                    "block": owner,
+                    "use": uses,
+                    "floors": floors,
+                    "basement_floors": basements,
+                    "year_built": rng.integers(*kind.years, n),
+                    "district_use": use,
+                }
+            )
+        )
     df = pd.concat(frames, ignore_index=True)
     frame = gpd.GeoDataFrame(df, geometry="geometry", crs=CRS)
     return frame[~frame.intersects(river.channel)].reset_index(drop=True)
@@ -389,16 +465,28 @@ def _with_people(frame: gpd.GeoDataFrame, terrain: Terrain) -> gpd.GeoDataFrame:
     use = frame["use"].to_numpy()
     residential = np.isin(use, ["residential"])
     workers = np.select(
-        [np.isin(use, ["office", "commercial"]), use == "industrial", use == "school",
-         use == "hospital"],
-        [floor_area / FLOOR_AREA_PER_WORKER, floor_area / 60.0, floor_area / 8.0, floor_area / 25.0],
-        0.0)
+        [
+            np.isin(use, ["office", "commercial"]),
+            use == "industrial",
+            use == "school",
+            use == "hospital",
+        ],
+        [
+            floor_area / FLOOR_AREA_PER_WORKER,
+            floor_area / 60.0,
+            floor_area / 8.0,
+            floor_area / 25.0,
+        ],
+        0.0,
+    )
     centres = shapely.get_coordinates(frame.geometry.centroid.to_numpy())
     frame = frame.assign(
         id=[f"bldg-{i:07d}" for i in range(len(frame))],
         **{"class": "building"},
         height=np.round(floors * storey + np.where(use == "industrial", 0.0, 1.5), 1),
-        residents=np.where(residential, np.round(floor_area * 0.92 / FLOOR_AREA_PER_RESIDENT), 0).astype(int),
+        residents=np.where(
+            residential, np.round(floor_area * 0.92 / FLOOR_AREA_PER_RESIDENT), 0
+        ).astype(int),
         daytime_population=np.round(workers).astype(int),
         ground_level=np.round(terrain.sample(centres), 2),
         lod="1",
@@ -422,8 +510,9 @@ def _spread(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(chosen)
 
 
-def _public_buildings(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame,
-                      rng: np.random.Generator) -> gpd.GeoDataFrame:
+def _public_buildings(
+    buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame, rng: np.random.Generator
+) -> gpd.GeoDataFrame:
     """Hospitals (one per ~60,000 people) and schools (one per ~9,000) take over housing
     blocks spread over the city."""
     floor_area = buildings.geometry.area * buildings["floors"] * (buildings["use"] == "residential")
@@ -431,7 +520,9 @@ def _public_buildings(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame,
     homes = blocks[blocks["land_use"].isin(["residential", "old_town"])]
     n_hosp = max(1, round(residents / 60_000))
     n_school = max(2, round(residents / 9_000))
-    picks = _spread(shapely.get_coordinates(homes.geometry.centroid.to_numpy()), n_hosp + n_school, rng)
+    picks = _spread(
+        shapely.get_coordinates(homes.geometry.centroid.to_numpy()), n_hosp + n_school, rng
+    )
     rows = []
     for rank, k in enumerate(picks):
         use = "hospital" if rank < n_hosp else "school"
@@ -441,10 +532,17 @@ def _public_buildings(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame,
         foot = shapely.box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         if not block.geometry.contains(foot):
             foot = block.geometry.buffer(-6.0)
-        rows.append({"geometry": foot, "block": int(block["block"]), "use": use,
-                     "floors": int(rng.integers(8, 17)) if use == "hospital" else 5,
-                     "basement_floors": 1 if use == "hospital" else 0,
-                     "year_built": int(rng.integers(1985, 2020)), "district_use": "public"})
+        rows.append(
+            {
+                "geometry": foot,
+                "block": int(block["block"]),
+                "use": use,
+                "floors": int(rng.integers(8, 17)) if use == "hospital" else 5,
+                "basement_floors": 1 if use == "hospital" else 0,
+                "year_built": int(rng.integers(1985, 2020)),
+                "district_use": "public",
+            }
+        )
     taken = {r["block"] for r in rows}
     kept = buildings[~buildings["block"].isin(taken)]
     out = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
@@ -454,9 +552,15 @@ def _public_buildings(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame,
 _CRITICAL = ("hospital", "fire_station", "shelter", "elderly_care", "police")
 
 
-def _facilities(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame, streets: Streets,
-                river: River, terrain: Terrain, side: float,
-                rng: np.random.Generator) -> gpd.GeoDataFrame:
+def _facilities(
+    buildings: gpd.GeoDataFrame,
+    blocks: gpd.GeoDataFrame,
+    streets: Streets,
+    river: River,
+    terrain: Terrain,
+    side: float,
+    rng: np.random.Generator,
+) -> gpd.GeoDataFrame:
     """Hospitals and schools (in their buildings), fire stations, shelters, a metro line with
     stations and underground entrances, the water treatment plant, substations and gas
     regulator stations."""
@@ -464,31 +568,63 @@ def _facilities(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame, streets: 
     rows: list[dict] = []
 
     def add(cls: str, geom: shapely.Geometry, name: str, **attrs: object) -> None:
-        rows.append({"id": f"fac-{len(rows) + 1:05d}", "class": cls, "name": name,
-                     "critical": cls in _CRITICAL, "geometry": geom, **attrs})
+        rows.append(
+            {
+                "id": f"fac-{len(rows) + 1:05d}",
+                "class": cls,
+                "name": name,
+                "critical": cls in _CRITICAL,
+                "geometry": geom,
+                **attrs,
+            }
+        )
 
     for use, cls, per_m2 in (("hospital", "hospital", 60.0), ("school", "school", 8.0)):
         chosen = buildings[buildings["use"] == use]
         for n, (bid, geom, floors) in enumerate(
-                zip(chosen["id"], chosen.geometry, chosen["floors"], strict=True), 1):
+            zip(chosen["id"], chosen.geometry, chosen["floors"], strict=True), 1
+        ):
             capacity = int(geom.area * floors / per_m2)
-            add(cls, geom.representative_point(), f"Virtual {cls.title()} {n}",
-                capacity=capacity, building_id=bid)
+            add(
+                cls,
+                geom.representative_point(),
+                f"Virtual {cls.title()} {n}",
+                capacity=capacity,
+                building_id=bid,
+            )
             if cls == "school":  # school playgrounds are the neighbourhood's emergency shelters
-                add("shelter", geom.representative_point(), f"Shelter at school {n}",
-                    capacity=int(geom.area * 2.0), building_id=bid)
+                add(
+                    "shelter",
+                    geom.representative_point(),
+                    f"Shelter at school {n}",
+                    capacity=int(geom.area * 2.0),
+                    building_id=bid,
+                )
     parks = blocks[blocks["land_use"] == "park"]
-    for n, geom in enumerate(parks.geometry.iloc[_spread(
-            shapely.get_coordinates(parks.geometry.centroid.to_numpy()),
-            max(1, round(area_km2)), rng)], 1):
-        add("shelter", geom.representative_point(), f"Park shelter {n}",
-            capacity=int(geom.area / 2.0))
+    for n, geom in enumerate(
+        parks.geometry.iloc[
+            _spread(
+                shapely.get_coordinates(parks.geometry.centroid.to_numpy()),
+                max(1, round(area_km2)),
+                rng,
+            )
+        ],
+        1,
+    ):
+        add(
+            "shelter",
+            geom.representative_point(),
+            f"Park shelter {n}",
+            capacity=int(geom.area / 2.0),
+        )
 
     # services on street corners, spread over the city
     corners = streets.nodes
-    for cls, per_km2, label in (("fire_station", 1 / 7, "Fire Station"),
-                                ("substation", 1 / 3, "Substation"),
-                                ("gas_regulator_station", 1 / 2, "Gas Regulator Station")):
+    for cls, per_km2, label in (
+        ("fire_station", 1 / 7, "Fire Station"),
+        ("substation", 1 / 3, "Substation"),
+        ("gas_regulator_station", 1 / 2, "Gas Regulator Station"),
+    ):
         for n, k in enumerate(_spread(corners, max(1, round(area_km2 * per_km2)), rng), 1):
             x, y = corners[k] + np.array([18.0, 18.0])  # just inside the block at the corner
             add(cls, shapely.box(x - 10, y - 8, x + 10, y + 8), f"{label} {n}")
@@ -500,19 +636,31 @@ def _facilities(buildings: gpd.GeoDataFrame, blocks: gpd.GeoDataFrame, streets: 
     if len(north):
         line_y = north[0]
         stops = np.unique(streets.nodes[np.isclose(streets.nodes[:, 1], line_y), 0])
-        stops = stops[:: max(1, int(round(1200 / LOCAL_SPACING)))]
+        stops = stops[:: max(1, round(1200 / LOCAL_SPACING))]
         for n, x in enumerate(stops, 1):
             ground = float(terrain.sample(np.array([[x, line_y]]))[0])
-            add("metro_station", shapely.Point(x, line_y), f"Metro Station {n}",
-                props={"underground": True, "platform_level": round(ground - 15.0, 2)})
+            add(
+                "metro_station",
+                shapely.Point(x, line_y),
+                f"Metro Station {n}",
+                props={"underground": True, "platform_level": round(ground - 15.0, 2)},
+            )
             for side_sign, corner in ((-1, "north-west"), (1, "south-east")):
-                add("metro_entrance", shapely.Point(x + side_sign * 24.0, line_y - side_sign * 22.0),
+                add(
+                    "metro_entrance",
+                    shapely.Point(x + side_sign * 24.0, line_y - side_sign * 22.0),
                     f"Metro Station {n} entrance {corner}",
-                    props={"underground": True, "station": f"Metro Station {n}",
-                           "entrance_level": round(ground + 0.15, 2)})
+                    props={
+                        "underground": True,
+                        "station": f"Metro Station {n}",
+                        "entrance_level": round(ground + 0.15, 2),
+                    },
+                )
 
     # the water treatment plant upstream (west), beside the river
-    rx, ry = shapely.get_coordinates(river.centerline)[len(shapely.get_coordinates(river.centerline)) // 12]
+    rx, ry = shapely.get_coordinates(river.centerline)[
+        len(shapely.get_coordinates(river.centerline)) // 12
+    ]
     plant = shapely.box(rx - 90, ry + river.width / 2 + 40, rx + 90, ry + river.width / 2 + 170)
     add("water_treatment_plant", plant, "Virtual Water Works", capacity=None)
     frame = gpd.GeoDataFrame(pd.DataFrame(rows), geometry="geometry", crs=CRS)
@@ -523,14 +671,25 @@ def _districts(side: float, x0: float, y0: float, buildings: gpd.GeoDataFrame) -
     """Administrative districts: a grid of about 2 km squares, with their population."""
     k = max(1, round(side / 2000.0))
     step = side / k
-    cells = [shapely.box(x0 + i * step, y0 + j * step, x0 + (i + 1) * step, y0 + (j + 1) * step)
-             for j in range(k) for i in range(k)]
-    frame = gpd.GeoDataFrame({"id": [f"district-{n + 1:03d}" for n in range(len(cells))],
-                              "class": "district", "name": [f"District {n + 1}" for n in range(len(cells))]},
-                             geometry=cells, crs=CRS)
+    cells = [
+        shapely.box(x0 + i * step, y0 + j * step, x0 + (i + 1) * step, y0 + (j + 1) * step)
+        for j in range(k)
+        for i in range(k)
+    ]
+    frame = gpd.GeoDataFrame(
+        {
+            "id": [f"district-{n + 1:03d}" for n in range(len(cells))],
+            "class": "district",
+            "name": [f"District {n + 1}" for n in range(len(cells))],
+        },
+        geometry=cells,
+        crs=CRS,
+    )
     centres = buildings.geometry.centroid
     cx = np.clip(((centres.x - x0) // step).astype(int), 0, k - 1)
     cy = np.clip(((centres.y - y0) // step).astype(int), 0, k - 1)
-    pop = np.bincount((cy * k + cx).to_numpy(), weights=buildings["residents"].to_numpy(), minlength=k * k)
+    pop = np.bincount(
+        (cy * k + cx).to_numpy(), weights=buildings["residents"].to_numpy(), minlength=k * k
+    )
     frame["population"] = pop.astype(int)
     return frame
