@@ -1,0 +1,104 @@
+"""The virtual city's layout: deterministic, co-located and plausible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from citytwin.store import Query
+from citytwin.synth.city import build_city
+from citytwin.synth.layout import plan_layout
+
+
+@pytest.fixture(scope="module")
+def city():
+    return plan_layout(4.0, seed=1)
+
+
+def test_same_seed_same_city_other_seed_other_city(city):
+    again = plan_layout(4.0, seed=1)
+    assert np.array_equal(city.terrain.dem, again.terrain.dem)
+    assert city.buildings.geometry.geom_equals(again.buildings.geometry).all()
+    other = plan_layout(4.0, seed=2)
+    assert not np.array_equal(city.terrain.dem, other.terrain.dem)
+
+
+def test_terrain_has_river_floodplain_hills_and_depressions(city):
+    t, river = city.terrain, city.river
+    assert t.dem.shape == (1000, 1000) and t.cell == 2.0  # 2 m cells for the demo
+    on_river = t.sample(shapely.get_coordinates(river.centerline)[5:-5])
+    assert (on_river < river.water_level).all()  # the bed is under water
+    banks = t.sample(shapely.get_coordinates(river.channel.buffer(60).exterior)[::7])
+    banks = banks[np.isfinite(banks)]
+    assert np.median(banks) < 5.0  # a low floodplain along the river
+    assert t.dem.max() > 15.0  # low hills
+    # slopes are gentle in town: the median gradient stays under 2 %
+    gy, gx = np.gradient(t.dem, t.cell)
+    assert np.median(np.hypot(gx, gy)) < 0.02
+
+
+def test_streets_cross_the_river_only_on_bridges(city):
+    s, river = city.streets, city.river
+    lines = s.lines()
+    crosses = shapely.intersects(lines, river.channel)
+    assert crosses.any() and (s.bridge == crosses).all()
+    assert set(s.street_class[s.bridge]) <= {"primary", "secondary"}
+    assert {"primary", "secondary", "residential"} <= set(s.street_class)
+
+
+def test_buildings_are_in_blocks_off_streets_and_out_of_the_river(city):
+    b = city.buildings
+    assert not b.intersects(city.river.channel).any()
+    streets = shapely.union_all(shapely.buffer(city.streets.lines(), city.streets.width / 2 - 0.5))
+    assert not b.intersects(streets).any()
+    assert b.geometry.is_valid.all()
+    pairs = shapely.STRtree(b.geometry.to_numpy()).query(b.geometry.to_numpy(), predicate="overlaps")
+    assert pairs.shape[1] == 0  # no two footprints overlap
+
+
+def test_building_mix_and_people(city):
+    b = city.buildings
+    cbd = b[b["district_use"] == "cbd"]
+    old = b[b["district_use"] == "old_town"]
+    estates = b[b["district_use"] == "residential"]
+    assert cbd["floors"].between(30, 80).all() and len(cbd) > 0
+    assert old["floors"].between(3, 8).all() and len(old) > 50
+    assert estates["floors"].between(10, 33).all()
+    assert {"school", "hospital", "industrial", "office"} <= set(b["use"])
+    assert (b.loc[b["use"] == "residential", "residents"] > 0).all()
+    assert (b.loc[b["use"] == "office", "residents"] == 0).all()
+    assert (b.loc[b["use"] == "office", "daytime_population"] > 0).all()
+    # dense central Guangzhou: some 15,000-40,000 residents per km²
+    assert 15_000 * 4 < b["residents"].sum() < 40_000 * 4
+    assert (b["basement_floors"] > 0).any()
+    assert np.allclose(b["ground_level"], city.terrain.sample(
+        shapely.get_coordinates(b.geometry.centroid.to_numpy())), atol=0.01)
+
+
+def test_facilities(city):
+    f = city.facilities
+    counts = f["class"].value_counts()
+    for cls in ("hospital", "school", "fire_station", "shelter", "metro_station", "metro_entrance",
+                "water_treatment_plant", "substation", "gas_regulator_station"):
+        assert counts.get(cls, 0) >= 1, cls
+    shelters = f[f["class"] == "shelter"]
+    assert (shelters["capacity"] > 0).all()
+    entrances = f[f["class"] == "metro_entrance"]
+    assert all(p["underground"] for p in entrances["props"])
+    hospitals = f[f["class"] == "hospital"]
+    assert set(hospitals["building_id"]) <= set(city.buildings["id"])
+
+
+def test_build_city_writes_a_labelled_twin(tmp_path):
+    store = build_city(tmp_path / "vc.twin", 2.0, seed=3)
+    try:
+        assert store.meta.virtual and "VIRTUAL CITY" in store.meta.description
+        layers = {s.layer: s.count for s in store.summary()}
+        assert layers["buildings"] > 100 and layers["streets"] > 50 and layers["water_bodies"] == 1
+        dem = store.rasters()[0]
+        assert dem["name"] == "dem" and dem["crs"] == "EPSG:4547"
+        tallest = store.query(Query("buildings", order_by="-height", limit=1))
+        assert tallest["height"].iloc[0] >= 30
+    finally:
+        store.close()
