@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import shapely
 import typer
 from rich.console import Console
@@ -335,21 +336,29 @@ def info(
 
 
 def print_summary(meta: TwinMeta, summary: list, rasters: list, networks: list[str]) -> None:
-    """Print a twin's summary as rich tables."""
+    """Print a twin's summary: what it is, a table of its layers, its rasters and networks."""
     label = " [yellow](virtual city)[/]" if meta.virtual else ""
-    console.print(
-        f"[bold]{meta.name}[/]{label} — {meta.crs}"
-        + (f" — {meta.description}" if meta.description else "")
-    )
-    table = Table("layer", "features", "classes", "extent (minx, miny, maxx, maxy)", "sources")
+    console.print(f"[bold]{meta.name}[/]{label} — {meta.crs}")
+    if meta.description:
+        console.print(meta.description)
+    table = Table("layer", "features", "classes")
+    extents, sources = [], set()
     for s in summary:
-        classes = ", ".join(f"{k} {v:,}" for k, v in list(s.classes.items())[:6])
-        extent = ", ".join(f"{v:.0f}" for v in s.extent) if s.extent else "-"
-        sources = ", ".join(Path(x).name for x in s.sources[:3]) + (
-            " …" if len(s.sources) > 3 else ""
-        )
-        table.add_row(s.layer, f"{s.count:,}", classes, extent, sources)
+        classes = ", ".join(f"{k} {v:,}" for k, v in list(s.classes.items())[:5])
+        more = len(s.classes) - 5
+        table.add_row(s.layer, f"{s.count:,}", classes + (f" (+{more} more)" if more > 0 else ""))
+        if s.extent:
+            extents.append(s.extent)
+        sources.update(Path(x).name for x in s.sources)
     console.print(table)
+    if extents:
+        e = np.array(extents)
+        console.print(
+            f"extent: {e[:, 0].min():.0f}, {e[:, 1].min():.0f} — "
+            f"{e[:, 2].max():.0f}, {e[:, 3].max():.0f}"
+        )
+    if sources:
+        console.print("sources: " + ", ".join(sorted(sources)))
     for r in rasters:
         console.print(
             f"raster [bold]{r['name']}[/] ({r['kind']}): "
@@ -456,6 +465,42 @@ def demo(
     def body() -> None:
         os.makedirs(out, exist_ok=True)
         build_demo(out, console)
+
+    _run(body)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The twin file to create.")],
+    area_km2: Annotated[float, typer.Option(help="Size of the city (0.5 to 1,000 km²).")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed builds the same city.")] = 1,
+    name: Annotated[str | None, typer.Option(help="Name of the twin.")] = None,
+) -> None:
+    """Generate a virtual city (clearly labelled as such) into a new twin."""
+    from citytwin.synth.city import build_city
+
+    def body() -> None:
+        if out.exists():
+            raise CityTwinError(f"{out} already exists; choose another --out or delete it")
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("virtual city", total=None)
+
+            def step(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            store = build_city(out, area_km2, seed, name=name, on_step=step)
+        try:
+            print_summary(store.meta, store.summary(), store.rasters(), store.documents("network/"))
+        finally:
+            store.close()
 
     _run(body)
 

@@ -4,6 +4,7 @@ import path (validated frames, one transaction)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import geopandas as gpd
@@ -102,12 +103,30 @@ def twin_meta(layout: CityLayout, name: str | None = None) -> TwinMeta:
 
 
 def build_city(
-    path: str | Path, area_km2: float = 4.0, seed: int = 1, valid_from: dt.datetime | None = None
+    path: str | Path,
+    area_km2: float = 4.0,
+    seed: int = 1,
+    *,
+    name: str | None = None,
+    valid_from: dt.datetime | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> Store:
-    """Generate a virtual city and write it into a new twin at ``path``; returns the store."""
+    """Generate a virtual city and write it into a new twin at ``path``; returns the store.
+
+    ``on_step(what, done, total)`` hears of each step (layout, networks, writing)."""
+    steps = ["laying out terrain, streets and buildings", "writing the twin"]
+    report = on_step or (lambda _w, _d, _t: None)
+    report(steps[0], 0, len(steps))
     layout = plan_layout(area_km2, seed)
-    store = create_store(path, twin_meta(layout))
-    load_bundle(store, layout_bundle(layout), valid_from=valid_from or dt.datetime(2020, 1, 1))
+    bundle = layout_bundle(layout)
+    report(steps[1], 1, len(steps))
+    store = create_store(path, twin_meta(layout, name))
+    try:
+        load_bundle(store, bundle, valid_from=valid_from or dt.datetime(2020, 1, 1))
+    except BaseException:
+        store.close()
+        raise
+    report("done", len(steps), len(steps))
     return store
 
 
