@@ -52,8 +52,10 @@ def main() -> None:
         if memory_target:
             target.append(f"<= {memory_target:.0f} MB")
         features = sum(r["counts"].values())
-        print(f"{area:>9g} {r['seconds']:>9.1f} {r['peak_mb']:>9.0f} {size:>9.0f}  {features:>8,}  "
-              + ", ".join(target))
+        print(
+            f"{area:>9g} {r['seconds']:>9.1f} {r['peak_mb']:>9.0f} {size:>9.0f}  {features:>8,}  "
+            + ", ".join(target)
+        )
         print("          " + ", ".join(f"{k} {v:,}" for k, v in r["counts"].items()))
 
 

@@ -459,7 +459,7 @@ def _cell(v: Any) -> str:
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo twin.")] = Path("demo"),
 ) -> None:
-    """Build a demo twin from real open data shipped in pip packages and print its summary."""
+    """Build the default virtual city (4 km²), check it with EPANET and SWMM, and map it."""
     from citytwin.demo import build_demo
 
     def body() -> None:

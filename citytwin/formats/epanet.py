@@ -47,11 +47,35 @@ def read_epanet(
     the EPANET id stays in ``name``.
     """
     p = require_file(path)
-    source = str(p)
-    name = network_name or p.stem
-    prefix = f"{name}:" if id_prefix is None else id_prefix
+    if crs is not None:  # a wrong CRS is reported before the file is parsed
+        parse_crs(crs, source=str(p))
+    return epanet_bundle(
+        _load_model(p),
+        twin_crs,
+        source=str(p),
+        crs=crs,
+        id_prefix=id_prefix,
+        network_name=network_name or p.stem,
+    )
+
+
+def epanet_bundle(
+    wn: wntr.network.WaterNetworkModel,
+    twin_crs: Any,
+    *,
+    source: str,
+    network_name: str,
+    crs: Any = None,
+    id_prefix: str | None = None,
+) -> ImportBundle:
+    """An in-memory wntr model as an import bundle (what ``read_epanet`` returns for a file).
+
+    ``source`` names where the model came from; ``crs`` is the CRS of its coordinates
+    (default: the twin's); feature ids are ``id_prefix + EPANET id`` (default prefix:
+    ``network_name`` and a colon).
+    """
+    prefix = f"{network_name}:" if id_prefix is None else id_prefix
     src_crs = parse_crs(crs, source=source) if crs is not None else parse_crs(twin_crs)
-    wn = _load_model(p)
     model = wn.to_dict()
 
     nodes = model.pop("nodes")
@@ -120,7 +144,7 @@ def read_epanet(
             else empty_frame(layer_name, src_crs)
         )
         bundle.add(layer_name, to_twin_crs(frame, twin_crs, source=source))
-    bundle.documents[f"network/{name}"] = {
+    bundle.documents[f"network/{network_name}"] = {
         "format": "epanet",
         "network": "water_supply",
         "id_prefix": prefix,
@@ -182,8 +206,14 @@ def epanet_model_dict(store: Store, network_key: str) -> dict[str, Any]:
         )
     prefix = doc["id_prefix"]
     where = [Filter("id", "startswith", prefix), Filter("network", "=", "water_supply")]
-    nodes = store.query(Query("utility_nodes", where=where, order_by="id"))
-    links = store.query(Query("utility_links", where=where, order_by="id"))
+    # only what EPANET models: GIS-only features that share the prefix (isolation valves,
+    # hydrants, meters, service connections and pipes) stay out of the hydraulic model
+    nodes = store.query(
+        Query("utility_nodes", classes=list(_NODE_CLASS.values()), where=where, order_by="id")
+    )
+    links = store.query(
+        Query("utility_links", classes=list(_LINK_CLASS.values()), where=where, order_by="id")
+    )
     to_source = None
     if doc.get("crs"):
         to_source = Transformer.from_crs(store.meta.crs, doc["crs"], always_xy=True)

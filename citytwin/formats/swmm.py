@@ -239,16 +239,41 @@ def read_swmm(
     SWMM name. The document goes under ``network/<prefix without the colon>``.
     """
     p = require_file(path)
-    source = str(p)
+    text, encoding = _read_text(p)
+    return swmm_bundle(
+        text,
+        twin_crs,
+        source=str(p),
+        id_prefix=f"{p.stem}:" if id_prefix is None else id_prefix,
+        crs=crs,
+        network=network,
+        encoding=encoding,
+    )
+
+
+def swmm_bundle(
+    text: str,
+    twin_crs: Any,
+    *,
+    source: str,
+    id_prefix: str,
+    crs: Any = None,
+    network: str = "storm",
+    encoding: str = "utf-8",
+) -> ImportBundle:
+    """The import bundle of SWMM 5 INP ``text`` (what ``read_swmm`` reads from a file).
+
+    ``source`` names the text in provenance and errors; ``encoding`` is the one to write it
+    back in. Everything else as in ``read_swmm``.
+    """
     if network not in DRAINAGE_NETWORKS:
         raise InvalidInput(
             f"unknown drainage network type {network!r}",
             source=source,
             hint="use storm, sewer or combined",
         )
-    prefix = f"{p.stem}:" if id_prefix is None else id_prefix
+    prefix = id_prefix
     src_crs = parse_crs(crs, source=source) if crs is not None else parse_crs(twin_crs)
-    text, encoding = _read_text(p)
     preamble, sections = _parse(text, source)
     by_name = {s.key: s for s in sections}
     units = _units(by_name.get("OPTIONS"), source)
@@ -1092,4 +1117,4 @@ def _fmt(value: float) -> str:
     return "0" if text == "-0" else text
 
 
-__all__ = ["DRAINAGE_NETWORKS", "read_swmm", "write_swmm"]
+__all__ = ["DRAINAGE_NETWORKS", "read_swmm", "swmm_bundle", "write_swmm"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,12 +15,11 @@ from citytwin.formats.base import ImportBundle, Raster, load_bundle
 from citytwin.formats.raster import grid_geotiff
 from citytwin.model import TwinMeta
 from citytwin.store import Store, create_store
-from citytwin.synth.layout import CRS, CityLayout, plan_layout
-
-IMPERVIOUS = {"cbd": 95.0, "old_town": 90.0, "residential": 70.0, "industrial": 85.0, "park": 15.0}
-"""Impervious share (%) of a block by land use (typical values for dense Chinese cities)."""
-
-SOURCE = "citytwin.synth (virtual city)"
+from citytwin.synth.drainage import DrainagePlan, drainage_bundle, plan_drainage
+from citytwin.synth.layout import CRS, IMPERVIOUS, SOURCE, CityLayout, plan_layout
+from citytwin.synth.sensors import plan_sensors
+from citytwin.synth.utilities import UtilityPlan, plan_utilities, utilities_bundle
+from citytwin.synth.water import WaterPlan, plan_water, water_bundle
 
 
 def layout_bundle(layout: CityLayout) -> ImportBundle:
@@ -102,6 +102,59 @@ def twin_meta(layout: CityLayout, name: str | None = None) -> TwinMeta:
     )
 
 
+@dataclass
+class VirtualCity:
+    """A generated city: its layout, the plans of its networks, and their bundles."""
+
+    layout: CityLayout
+    water: WaterPlan
+    drainage: DrainagePlan
+    utilities: UtilityPlan
+    bundles: list[ImportBundle]
+
+
+STEPS = (
+    "terrain, streets and buildings",
+    "water supply",
+    "drainage",
+    "gas, power, telecom",
+    "sensors",
+)
+
+
+def plan_city(
+    area_km2: float = 4.0, seed: int = 1, on_step: Callable[[str, int, int], None] | None = None
+) -> VirtualCity:
+    """Generate a virtual city: layout, networks and sensors, as import bundles (no I/O)."""
+    report = on_step or (lambda _w, _d, _t: None)
+    total = len(STEPS) + 1
+    report(STEPS[0], 0, total)
+    layout = plan_layout(area_km2, seed)
+    report(STEPS[1], 1, total)
+    water = plan_water(layout, seed)
+    report(STEPS[2], 2, total)
+    drainage = plan_drainage(layout, seed)
+    report(STEPS[3], 3, total)
+    utilities = plan_utilities(layout, seed)
+    report(STEPS[4], 4, total)
+    bundles = [
+        layout_bundle(layout),
+        water_bundle(layout, water),
+        drainage_bundle(layout, drainage),
+        utilities_bundle(layout, utilities),
+    ]
+    nodes = pd.concat([b.layers["utility_nodes"] for b in bundles[1:]], ignore_index=True)
+    links = pd.concat([b.layers["utility_links"] for b in bundles[1:]], ignore_index=True)
+    networks = {}
+    for network in nodes["network"].unique():
+        networks[f"{network}_nodes"] = nodes[nodes["network"] == network]
+        networks[f"{network}_links"] = links[links["network"] == network]
+    sensors = ImportBundle(f"{SOURCE} sensors seed={seed}")
+    sensors.add("devices", plan_sensors(layout, networks))
+    bundles.append(sensors)
+    return VirtualCity(layout, water, drainage, utilities, bundles)
+
+
 def build_city(
     path: str | Path,
     area_km2: float = 4.0,
@@ -111,23 +164,30 @@ def build_city(
     valid_from: dt.datetime | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> Store:
-    """Generate a virtual city and write it into a new twin at ``path``; returns the store.
-
-    ``on_step(what, done, total)`` hears of each step (layout, networks, writing)."""
-    steps = ["laying out terrain, streets and buildings", "writing the twin"]
-    report = on_step or (lambda _w, _d, _t: None)
-    report(steps[0], 0, len(steps))
-    layout = plan_layout(area_km2, seed)
-    bundle = layout_bundle(layout)
-    report(steps[1], 1, len(steps))
-    store = create_store(path, twin_meta(layout, name))
+    """Generate a virtual city and write it into a new twin at ``path`` (one transaction);
+    returns the open store. ``on_step(what, done, total)`` hears of each step."""
+    city = plan_city(area_km2, seed, on_step)
+    if on_step:
+        on_step("writing the twin", len(STEPS), len(STEPS) + 1)
+    store = create_store(path, twin_meta(city.layout, name))
     try:
-        load_bundle(store, bundle, valid_from=valid_from or dt.datetime(2020, 1, 1))
+        with store.transaction():
+            for bundle in city.bundles:
+                load_bundle(store, bundle, valid_from=valid_from or dt.datetime(2020, 1, 1))
     except BaseException:
         store.close()
         raise
-    report("done", len(steps), len(steps))
+    if on_step:
+        on_step("done", len(STEPS) + 1, len(STEPS) + 1)
     return store
 
 
-__all__ = ["IMPERVIOUS", "build_city", "layout_bundle", "twin_meta"]
+__all__ = [
+    "IMPERVIOUS",
+    "STEPS",
+    "VirtualCity",
+    "build_city",
+    "layout_bundle",
+    "plan_city",
+    "twin_meta",
+]

@@ -53,7 +53,8 @@ def test_buildings_are_in_blocks_off_streets_and_out_of_the_river(city):
     streets = shapely.union_all(shapely.buffer(city.streets.lines(), city.streets.width / 2 - 0.5))
     assert not b.intersects(streets).any()
     assert b.geometry.is_valid.all()
-    pairs = shapely.STRtree(b.geometry.to_numpy()).query(b.geometry.to_numpy(), predicate="overlaps")
+    geoms = b.geometry.to_numpy()
+    pairs = shapely.STRtree(geoms).query(geoms, predicate="overlaps")
     assert pairs.shape[1] == 0  # no two footprints overlap
 
 
@@ -72,15 +73,27 @@ def test_building_mix_and_people(city):
     # dense central Guangzhou: some 15,000-40,000 residents per km²
     assert 15_000 * 4 < b["residents"].sum() < 40_000 * 4
     assert (b["basement_floors"] > 0).any()
-    assert np.allclose(b["ground_level"], city.terrain.sample(
-        shapely.get_coordinates(b.geometry.centroid.to_numpy())), atol=0.01)
+    assert np.allclose(
+        b["ground_level"],
+        city.terrain.sample(shapely.get_coordinates(b.geometry.centroid.to_numpy())),
+        atol=0.01,
+    )
 
 
 def test_facilities(city):
     f = city.facilities
     counts = f["class"].value_counts()
-    for cls in ("hospital", "school", "fire_station", "shelter", "metro_station", "metro_entrance",
-                "water_treatment_plant", "substation", "gas_regulator_station"):
+    for cls in (
+        "hospital",
+        "school",
+        "fire_station",
+        "shelter",
+        "metro_station",
+        "metro_entrance",
+        "water_treatment_plant",
+        "substation",
+        "gas_regulator_station",
+    ):
         assert counts.get(cls, 0) >= 1, cls
     shelters = f[f["class"] == "shelter"]
     assert (shelters["capacity"] > 0).all()
