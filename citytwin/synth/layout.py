@@ -501,7 +501,7 @@ def _with_people(frame: gpd.GeoDataFrame, terrain: Terrain) -> gpd.GeoDataFrame:
 
 
 # -- public buildings and facilities -------------------------------------------------------
-def _spread(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def spread_out(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of ``n`` points spread out over ``points`` (farthest-point sampling)."""
     if len(points) == 0 or n <= 0:
         return np.array([], dtype=int)
@@ -524,7 +524,7 @@ def _public_buildings(
     homes = blocks[blocks["land_use"].isin(["residential", "old_town"])]
     n_hosp = max(1, round(residents / 60_000))
     n_school = max(2, round(residents / 9_000))
-    picks = _spread(
+    picks = spread_out(
         shapely.get_coordinates(homes.geometry.centroid.to_numpy()), n_hosp + n_school, rng
     )
     rows = []
@@ -607,7 +607,7 @@ def _facilities(
     parks = blocks[blocks["land_use"] == "park"]
     for n, geom in enumerate(
         parks.geometry.iloc[
-            _spread(
+            spread_out(
                 shapely.get_coordinates(parks.geometry.centroid.to_numpy()),
                 max(1, round(area_km2)),
                 rng,
@@ -629,7 +629,7 @@ def _facilities(
         ("substation", 1 / 3, "Substation"),
         ("gas_regulator_station", 1 / 2, "Gas Regulator Station"),
     ):
-        for n, k in enumerate(_spread(corners, max(1, round(area_km2 * per_km2)), rng), 1):
+        for n, k in enumerate(spread_out(corners, max(1, round(area_km2 * per_km2)), rng), 1):
             x, y = corners[k] + np.array([18.0, 18.0])  # just inside the block at the corner
             add(cls, shapely.box(x - 10, y - 8, x + 10, y + 8), f"{label} {n}")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from citytwin.synth.layout import CityLayout, _spread
+from citytwin.synth.layout import CityLayout, spread_out
 
 HOUSEHOLD_SIZE = 2.6  # people per household (Guangzhou, 2020 census: about 2.5)
 HOUSEHOLDS_PER_METER = 4  # a tower's smart meters: one per ~4 households (per floor cabinet)
@@ -175,7 +175,7 @@ def _rain_gauges(layout: CityLayout, rng: np.random.Generator) -> pd.DataFrame:
     f = f[f["class"].isin(["school", "hospital", "fire_station"])]
     at = shapely.point_on_surface(f.geometry.to_numpy())
     n = max(1, round(layout.area_km2 / RAIN_GAUGE_KM2))
-    pick = np.sort(_spread(shapely.get_coordinates(at), n, rng))
+    pick = np.sort(spread_out(shapely.get_coordinates(at), n, rng))
     return pd.DataFrame(
         {
             "id": "dev:rg:",
