@@ -76,6 +76,7 @@ class River:
     centerline: shapely.LineString
     channel: shapely.Geometry
     width: float
+    phase: float  # of the meander: y = 0.42 side + amplitude · sin(2πx / wavelength + phase)
     water_level: float = 1.5  # m, normal level (Pearl River Datum-like, near mean sea level)
     bed_level: float = -4.0
 
@@ -177,9 +178,7 @@ def _river(side: float, x0: float, y0: float, rng: np.random.Generator) -> River
     line = shapely.LineString(np.column_stack([x0 + xs, y0 + _river_y(xs, side, phase)]))
     width = float(np.clip(0.06 * side, 80.0, 400.0))
     channel = line.buffer(width / 2, cap_style="flat")
-    river = River(line, channel, width)
-    river.phase = phase  # type: ignore[attr-defined]
-    return river
+    return River(line, channel, width, phase)
 
 
 def _terrain(
@@ -189,7 +188,7 @@ def _terrain(
     xs = (np.arange(n) + 0.5) * cell
     ys = side - (np.arange(n) + 0.5) * cell  # north-up rows
     X, Y = np.meshgrid(xs, ys)
-    phase = river.phase  # type: ignore[attr-defined]
+    phase = river.phase
     yr = _river_y(X, side, phase)
     slope = np.gradient(_river_y(xs, side, phase), xs)[None, :]
     dist = np.abs(Y - yr) / np.sqrt(1 + slope**2)  # distance to the river's centre line
@@ -346,7 +345,7 @@ def _land_use(
     """Land use of blocks from their position: CBD on the waterfront at each centre, the old
     town beside it on the north bank, industry downstream by the river, parks on the hills."""
     x, y = rel[:, 0], rel[:, 1]
-    yr = _river_y(x, side, river.phase)  # type: ignore[attr-defined]
+    yr = _river_y(x, side, river.phase)
     d = np.abs(y - yr)
     centres = np.arange(side / 2 % 6000.0 or side / 2, side, 6000.0)
     if len(centres) == 0:
