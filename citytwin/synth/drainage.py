@@ -16,12 +16,15 @@ down:
 
 to the smallest standard DN 300–2000 (then box culverts, RECT_CLOSED, with barrels) whose full
 flow at the pipe's slope carries it, never smaller than any pipe above. Pipes keep the
-network's minimum cover, follow the ground where it falls and otherwise fall at the minimum
-slope for their size (0.9/DN in mm: 0.3 % for DN300, no less than 0.1 %), crowns matched at
-manholes. Where a pipe would end deeper than 6.5 m, a lift station (wet well, pump with a
-depth–flow curve, discharge chamber) starts the next pipe at minimum cover; where even that
-pipe would end too deep (the street climbs), the station pumps through a rising main to the
-next manhole.
+network's minimum cover (``cover_depth``: 3.7 m, below every pressure network in the
+corridors' vertical order), and foul sewers, designed after the storm sewers, pass 0.15 m above
+or below the storm pipes they cross at street corners (below where they would clash: their
+minimum cover deepened at both ends of such a pipe, ``_Network.design_clear_of``). Pipes
+follow the ground where it falls and otherwise fall at the minimum slope for their size (0.9/DN
+in mm: 0.3 % for DN300, no less than 0.1 %), crowns matched at manholes. Where a pipe would
+end deeper than 6.5 m, a lift station (wet well, pump with a depth–flow curve, discharge
+chamber) starts the next pipe at minimum cover; where even that pipe would end too deep (the
+street climbs), the station pumps through a rising main to the next manhole.
 
 The river's normal level (1.5 m) is close below the low ground of its banks (2–3 m), so no
 sewer laid with minimum cover can reach the river by gravity: as in the Pearl River Delta,
@@ -64,7 +67,8 @@ PREFIXES = {"storm": "st:", "sewer": "sw:", "combined": "cb:"}
 DESIGN_RETURN_PERIOD = 2.0  # years, storm sewers
 INLET_TIME = 5.0  # min, overland flow time to the first inlet (dense city blocks)
 CELERITY = 1.5  # flood-wave speed / full-bore velocity: what the flow time t2 is counted at
-MAX_DEPTH = 6.5  # m, deepest pipe invert below ground before a lift station
+SEWER_CLEARANCE = 0.15  # m, GB 50289's vertical clearance where foul and storm sewers cross
+MAX_DEPTH = 8.5  # m, deepest pipe invert below ground before a lift station
 SUMP = 1.0  # m, wet well floor below the lowest incoming invert
 FOUL_PER_RESIDENT = 200.0  # L/day
 FOUL_PER_WORKER = 50.0  # L/day
@@ -190,6 +194,7 @@ def plan_drainage(
     members = {"storm": ~combined, "sewer": ~combined, "combined": combined}
     networks: dict[str, DrainageNetwork] = {}
     connections = []
+    designed: dict[str, _Network] = {}
     for name, mask in members.items():
         if not mask.any():
             continue
@@ -200,7 +205,11 @@ def plan_drainage(
         if name != "storm":
             mine = old_building if name == "combined" else ~old_building
             served = net.add_buildings(buildings[mine])
-        net.design(formula, return_period)
+        if name == "sewer":  # foul sewers keep clear of the storm sewers they cross
+            net.design_clear_of(designed["storm"], SEWER_CLEARANCE, formula, return_period)
+        else:
+            net.design(formula, return_period)
+        designed[name] = net
         networks[name] = net.model(rng, storm, plants)
         if name != "storm":
             served["node"] = net.node_name[served.pop("local").to_numpy()]
@@ -276,11 +285,11 @@ class _Network:
         bank_dist: np.ndarray,
     ) -> None:
         self.name, self.layout = name, layout
-        self.cover = cover_depth(name)
         self.street = street_nodes
         self.xy = corridor_nodes(layout.streets, name)[street_nodes]
         self.ground = layout.terrain.sample(self.xy)
         m = len(street_nodes)
+        self.cover = np.full(m, cover_depth(name))  # minimum cover over the crowns, per node
         local = -np.ones(len(layout.streets.nodes), int)
         local[street_nodes] = np.arange(m)
         e = local[edges]
@@ -408,6 +417,56 @@ class _Network:
             }
         )
 
+    def _pipes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The designed gravity pipes: their nodes, lines (from the discharge chamber after a
+        lift station), and the ground at both ends."""
+        k = np.flatnonzero(~self.is_sink & ~self.force & (self.parent >= 0))
+        lift = self.lift[k]
+        start = np.where(lift[:, None], self.dc_xy[k], self.xy[k])
+        lines = shapely.linestrings(np.stack([start, self.xy[self.parent[k]]], axis=1))
+        g0 = np.where(lift, self.dc_ground[k], self.ground[k])
+        return k, lines, g0, self.ground[self.parent[k]]
+
+    def _crossings(self, above: _Network) -> tuple[np.ndarray, np.ndarray]:
+        """(pipe of mine, pipe of ``above``) node indices of every crossing, with the depths
+        below ground of (my crown, my invert, its crown, its invert) there, (n, 4)."""
+        k, lines, g0, g1 = self._pipes()
+        ka, pipes, a0, a1 = above._pipes()
+        i, j = shapely.STRtree(pipes).query(lines, predicate="intersects")
+        at = shapely.points(
+            shapely.get_coordinates(
+                shapely.get_geometry(shapely.intersection(lines[i], pipes[j]), 0)
+            )
+        )
+
+        def depths(net, n, line, h0, h1):
+            t = shapely.line_locate_point(line, at, normalized=True)
+            invert = h0 + t * (h1 - h0) - (net.start[n] + t * (net.end[n] - net.start[n]))
+            return invert - SEC_H[net.idx[n]], invert
+
+        mine = depths(self, k[i], lines[i], g0[i], g1[i])
+        theirs = depths(above, ka[j], pipes[j], a0[j], a1[j])
+        return k[i], np.column_stack([*mine, *theirs])
+
+    def design_clear_of(
+        self, above: _Network, clearance: float, formula: StormFormula, period: float
+    ) -> None:
+        """Design the network, then wherever one of its pipes crosses one of ``above``'s
+        (designed already) with less than ``clearance`` above or below it, deepen the minimum
+        cover at both ends of the pipe to pass below (the crown's cover, linear along a pipe,
+        is then deep enough at the crossing) and design again, until every crossing is clear."""
+        for _ in range(20):
+            self.design(formula, period)
+            k, d = self._crossings(above)
+            crown, invert, their_crown, their_invert = d.T
+            bad = (crown < their_invert + clearance) & (invert > their_crown - clearance)
+            if not bad.any():
+                return
+            need = np.ceil((their_invert[bad] + clearance) * 1000) / 1000 + 0.001
+            np.maximum.at(self.cover, k[bad], need)
+            np.maximum.at(self.cover, self.parent[k[bad]], need)
+        raise RuntimeError(f"{self.name}: crossings with {above.name} still too close")
+
     # sizes and levels
     def design(self, formula: StormFormula, period: float) -> None:
         """Size every pipe and set its levels, from the upstream ends down; place pumping
@@ -470,12 +529,12 @@ class _Network:
         while todo.any():
             pos = np.flatnonzero(todo)
             h, length, g_end = SEC_H[idx[pos]], self.length[v[pos]], g[w[pos]]
-            s = np.minimum(np.minimum(g[v[pos]] - c, crown_in[pos]) - h, bottom_in[pos])
+            s = np.minimum(np.minimum(g[v[pos]] - c[v[pos]], crown_in[pos]) - h, bottom_in[pos])
             s = np.floor(s * 1000) / 1000
-            e = self.lay(s, length, h, g_end)
+            e = self.lay(s, length, h, g_end, c[w[pos]])
             deep = (g_end - e > MAX_DEPTH) | (g[v[pos]] - s > MAX_DEPTH)
-            shallow = np.floor((self.dc_ground[v[pos]] - c - h) * 1000) / 1000
-            e_lift = self.lay(shallow, length - DISCHARGE_OFFSET, h, g_end)
+            shallow = np.floor((self.dc_ground[v[pos]] - c[v[pos]] - h) * 1000) / 1000
+            e_lift = self.lay(shallow, length - DISCHARGE_OFFSET, h, g_end, c[w[pos]])
             up = deep & inflow[pos]
             lift[pos] = up & (g_end - e_lift <= MAX_DEPTH)
             force[pos] = deep & ~lift[pos]
@@ -492,10 +551,17 @@ class _Network:
         self.end[v] = np.where(force, np.nan, fields["end"])
         self.capacity[v] = np.where(force, self.flow[v], fields["capacity"])
 
-    def lay(self, start: np.ndarray, length: np.ndarray, h: np.ndarray, g_end: np.ndarray):
+    def lay(
+        self,
+        start: np.ndarray,
+        length: np.ndarray,
+        h: np.ndarray,
+        g_end: np.ndarray,
+        c_end: np.ndarray,
+    ) -> np.ndarray:
         """Downstream invert of a pipe: at least the minimum slope below the start, and deeper
-        where the ground ahead needs it for cover (rounded down to the mm)."""
-        end = np.minimum(start - min_slope(h) * length, g_end - self.cover - h)
+        where the ground ahead needs it for cover ``c_end`` (rounded down to the mm)."""
+        end = np.minimum(start - min_slope(h) * length, g_end - c_end - h)
         return np.floor(end * 1000) / 1000
 
     def design_flow(
@@ -1054,7 +1120,8 @@ def _with_catchments(nodes: gpd.GeoDataFrame, net: DrainageNetwork) -> gpd.GeoDa
 
 
 def _with_design(links: gpd.GeoDataFrame, net: DrainageNetwork) -> gpd.GeoDataFrame:
-    """SWMM links with material, cover over the crown, and design flow and capacity."""
+    """SWMM links with material, cover over the crown, design flow and capacity, and the
+    conduits' role (``main``: a corridor line, for the clearance rules)."""
     table = net.links.set_index("name").reindex(links["name"])
     ground = net.nodes.set_index("name")["ground"]
     inverts = links.reindex(columns=["invert_from", "invert_to"])  # absent: a network of pumps only
@@ -1068,8 +1135,15 @@ def _with_design(links: gpd.GeoDataFrame, net: DrainageNetwork) -> gpd.GeoDataFr
         material=table["material"].to_numpy(),
         depth=np.round(cover, 3),
         props=[
-            {**p, "design_flow": round(float(q), 4), "capacity": round(float(c), 4)}
-            for p, q, c in zip(links["props"], table["design_flow"], table["capacity"], strict=True)
+            {
+                **p,
+                **({"role": "main"} if kind == "conduit" else {}),
+                "design_flow": round(float(q), 4),
+                "capacity": round(float(c), 4),
+            }
+            for p, kind, q, c in zip(
+                links["props"], table["kind"], table["design_flow"], table["capacity"], strict=True
+            )
         ],
     )
 

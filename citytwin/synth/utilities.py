@@ -1,10 +1,11 @@
 """The virtual city's energy and telecom utilities: gas, power, telecom and district cooling.
 
 Everything runs under the streets in the corridors of ``citytwin.synth.corridors`` (each
-network's nodes at ``corridor_nodes``), at a depth of cover that is at least the corridor's
-minimum (``cover_depth``) and deep enough that lines of different networks crossing at street
-corners keep GB 50289's vertical clearances (``LAID_COVER``: telecom ducts on top, then the
-10 kV cables, then gas, then district cooling). Pressure utilities follow the ground at
+network's nodes at ``corridor_nodes``), at a depth of cover that is the network's level in
+the corridors' common vertical order (``cover_depth``), so that lines of
+different networks crossing at street corners keep GB 50289's vertical clearances
+(``LAID_COVER``: telecom ducts on top, then the 10 kV cables, then gas, then district cooling,
+with the water mains and the gravity sewers below them). Pressure utilities follow the ground at
 constant cover, so a line's crown is ``ground − depth`` all along it.
 
 - **Gas** (``gas:``): a city gate at the west edge feeds a looped medium-pressure (0.4 MPa) PE
@@ -108,27 +109,28 @@ all vertical values for cables in conduit (0.25; 0.15 against gas). The standard
 horizontal distance between foul and storm sewers (None). Same-network clearances are not
 listed.
 
-Scope, as a checker should apply it: horizontal clearances between the *corridor lines* of
-different networks (links whose ``props["role"]`` is ``main``, ``feeder``, ``tie`` or ``duct``)
-and between corridor lines and buildings; vertical clearances at every crossing of links of
-different networks (services, taps and station pipes included), from each link's ``depth``
-(cover over the crown) and ``props["outer_diameter"]``. Service connections inside the plots
-are outside GB 50289's horizontal rules (it plans the public street corridors).
+Scope, as a checker should apply it (``find_clearance_violations`` does): horizontal
+clearances between *parallel* corridor lines of different networks that do not cross (links
+whose ``props["role"]`` is ``main``, ``feeder``, ``tie`` or ``duct``: the water mains along the
+streets and the sewer conduits carry ``main`` too; lines within 10° of each other, not those of
+crossing streets that pass near each other at a corner) and between corridor lines and
+buildings; vertical clearances at every crossing of links of different networks (services,
+taps and station pipes included), from each link's ``depth`` (cover over the crown; for a
+gravity conduit the cover at the crossing, interpolated between its ends from its nodes'
+``cover_level`` and its ``invert_from``/``invert_to``) and ``props["outer_diameter"]`` (else
+``diameter``). Links without a depth (pumps, rising mains) are left out. Service connections
+inside the plots are outside GB 50289's horizontal rules (it plans the public street
+corridors).
 """
 
 CORRIDOR_ROLES = ("main", "feeder", "tie", "duct")
 """Link roles (``props["role"]``) of the lines laid along the street corridors."""
 
-LAID_COVER = {
-    "telecom": max(cover_depth("telecom"), 0.7),
-    "power": max(cover_depth("power"), 1.2),
-    "gas": max(cover_depth("gas"), 1.55),
-    "heating": max(cover_depth("heating"), 2.1),
-}
-"""Cover over the crown (m) each network is laid at: at least the corridor's minimum, and
-stacked so that crossings keep table 4.1.14's clearances: telecom ducts (0.7 + 0.2 m bank),
-0.25 m, 10 kV conduits (1.2 + 0.15 m), 0.15 m, gas (1.55 + at most 0.315 m), 0.15 m, cooling
-pipes (2.1 m)."""
+LAID_COVER = {net: cover_depth(net) for net in ("telecom", "power", "gas", "heating")}
+"""Cover over the crown (m) each network is laid at, services included: its level in the
+common vertical order of ``citytwin.synth.corridors`` (telecom ducts, 10 kV conduits, gas, then
+district cooling, all above the water mains and the gravity sewers), so that crossings keep
+table 4.1.14's clearances."""
 
 HEATING_HALF_SPACING = 0.18
 """Supply and return cooling pipes lie this far either side of the heating corridor (m)."""
@@ -181,6 +183,111 @@ def clearance_rule(a: str, b: str) -> tuple[float | None, float | None]:
     """(horizontal, vertical) minimum clearance between networks ``a`` and ``b`` (or
     ``"building"``); ``(None, None)`` where ``CLEARANCE_RULES`` has none."""
     return CLEARANCE_RULES.get((min(a, b), max(a, b)), (None, None))
+
+
+PARALLEL_SINE = math.sin(math.radians(10.0))
+"""Corridor lines within 10° of each other (start to end) run in parallel: the horizontal rules
+apply to them, not to lines of crossing streets that pass near each other at a corner."""
+
+GRAVITY_NETWORKS = ("sewer", "storm", "combined")
+"""Networks whose conduits fall between their inverts: their cover varies along a link."""
+
+
+def find_clearance_violations(
+    nodes: pd.DataFrame, links: gpd.GeoDataFrame, buildings: gpd.GeoDataFrame | None = None
+) -> list[dict[str, Any]]:
+    """Every ``CLEARANCE_RULES`` violation among ``links`` (model frames of any networks) and
+    against ``buildings``, with the scope of the rules' docstring: vertical at every crossing
+    of links of different networks, horizontal between corridor lines of different networks
+    that do not cross, and between corridor lines and buildings. Outer diameters are
+    ``props["outer_diameter"]`` or else ``diameter``; a gravity conduit's cover at a crossing
+    is interpolated between its ends (ground from its nodes' ``cover_level``, crown from its
+    inverts). Links without a depth (pumps) are left out. Returns one dict per violating
+    pair: kind (vertical / horizontal / building), feature_ids, networks, actual_m (clear
+    distance), required_m and location (x, y)."""
+    links = links[links["depth"].notna()]
+    geoms = links.geometry.to_numpy()
+    ids = links["id"].to_numpy(object)
+    net = links["network"].to_numpy(object)
+    depth = links["depth"].to_numpy(float)
+    props = links["props"].to_numpy(object)
+    outer = np.array(
+        [p.get("outer_diameter", np.nan) if isinstance(p, dict) else np.nan for p in props]
+    )
+    outer = np.where(np.isnan(outer), links["diameter"].to_numpy(float), outer)
+    role = [p.get("role") if isinstance(p, dict) else None for p in props]
+    corridor = np.isin(np.array(role, dtype=object), CORRIDOR_ROLES)
+    # covers at both ends of the gravity conduits
+    ground = nodes.drop_duplicates("id").set_index("id")["cover_level"]
+    gravity = np.isin(net, GRAVITY_NETWORKS) & links["invert_from"].notna().to_numpy()
+    height = links["diameter"].to_numpy(float)
+    d0 = ground.reindex(links["from_node"]).to_numpy(float) - links["invert_from"].to_numpy(float)
+    d1 = ground.reindex(links["to_node"]).to_numpy(float) - links["invert_to"].to_numpy(float)
+    gravity &= ~np.isnan(d0) & ~np.isnan(d1)
+    d0, d1 = d0 - height, d1 - height
+
+    def cover_at(i: np.ndarray, at: np.ndarray) -> np.ndarray:
+        t = shapely.line_locate_point(geoms[i], shapely.points(at), normalized=True)
+        return np.where(gravity[i], d0[i] + t * (d1[i] - d0[i]), depth[i])
+
+    found: list[dict[str, Any]] = []
+
+    def record(kind, i, other, other_net, clear, required, at) -> None:
+        found.append(
+            {
+                "kind": kind,
+                "feature_ids": [str(ids[i]), str(other)],
+                "networks": [str(net[i]), str(other_net)],
+                "actual_m": round(float(clear), 3),
+                "required_m": required,
+                "location": [round(float(at[0]), 2), round(float(at[1]), 2)],
+            }
+        )
+
+    tree = shapely.STRtree(geoms)
+    a, b = tree.query(geoms, predicate="intersects")
+    keep = (a < b) & (net[a] != net[b])
+    a, b = a[keep], b[keep]
+    crossing = set(zip(a.tolist(), b.tolist(), strict=True))
+    xy, which = shapely.get_coordinates(shapely.intersection(geoms[a], geoms[b]), return_index=True)
+    first = np.unique(which, return_index=True)[1]  # the first point where a pair meets
+    a, b, at = a[which[first]], b[which[first]], xy[first]
+    if len(a):
+        da, db = cover_at(a, at), cover_at(b, at)
+        clear = np.maximum(db - da - outer[a], da - db - outer[b])
+        for i, j, x, p in zip(a, b, clear, at, strict=True):
+            vertical = clearance_rule(net[i], net[j])[1]
+            if vertical is not None and x < vertical - 1e-9:
+                record("vertical", i, ids[j], net[j], x, vertical, p)
+    c = np.flatnonzero(corridor)
+    a, b = tree.query(geoms[c], predicate="dwithin", distance=5.0)
+    a = c[a]
+    keep = (a < b) & corridor[b] & (net[a] != net[b])
+    keep &= np.array([(i, j) not in crossing for i, j in zip(a, b, strict=True)], dtype=bool)
+    ends = np.stack([shapely.get_point(geoms, 0), shapely.get_point(geoms, -1)], axis=1)
+    run = np.diff(shapely.get_coordinates(ends.ravel()).reshape(-1, 2, 2), axis=1)[:, 0]
+    run /= np.maximum(np.linalg.norm(run, axis=1), 1e-9)[:, None]
+    keep &= np.abs(run[a, 0] * run[b, 1] - run[a, 1] * run[b, 0]) < PARALLEL_SINE
+    a, b = a[keep], b[keep]
+    clear = shapely.distance(geoms[a], geoms[b]) - (outer[a] + outer[b]) / 2
+    for i, j, x in zip(a, b, clear, strict=True):
+        horizontal = clearance_rule(net[i], net[j])[0]
+        if horizontal is not None and x < horizontal - 1e-9:
+            mid = shapely.get_coordinates(shapely.shortest_line(geoms[i], geoms[j])).mean(axis=0)
+            record("horizontal", i, ids[j], net[j], x, horizontal, mid)
+    if buildings is None or not len(c):
+        return found
+    bgeom = buildings.geometry.to_numpy()
+    bid = buildings["id"].to_numpy(object)
+    a, k = shapely.STRtree(bgeom).query(geoms[c], predicate="dwithin", distance=5.0)
+    a = c[a]
+    clear = shapely.distance(geoms[a], bgeom[k]) - outer[a] / 2
+    for i, j, x in zip(a, k, clear, strict=True):
+        horizontal = clearance_rule(net[i], "building")[0]
+        if horizontal is not None and x < horizontal - 1e-9:
+            mid = shapely.get_coordinates(shapely.shortest_line(geoms[i], bgeom[j])).mean(axis=0)
+            record("building", i, bid[j], "building", x, horizontal, mid)
+    return found
 
 
 def plan_utilities(layout: CityLayout, seed: int) -> UtilityPlan:

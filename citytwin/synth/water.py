@@ -107,7 +107,7 @@ TANKS_PER_M3_DAY = 70_000.0  # one balancing tank per this much daily demand
 SOURCE_CAPACITY = 250_000.0  # m3/day a source (plant or booster station) supplies at most
 HYDRANT_SPACING = 100.0  # m
 SERVICE_DN = np.array([25, 32, 40, 50, 65, 80, 100, 150, 200]) / 1e3
-SERVICE_COVER = 0.8  # m over service pipes
+SERVICE_COVER = cover_depth(NETWORK)  # m over service pipes: the mains' level
 
 _CLASS_WEIGHT = {"primary": 0.5, "secondary": 0.75, "residential": 1.0}
 
@@ -118,7 +118,7 @@ class WaterPlan:
 
     ``wn`` node and link names are the feature ids without ``PREFIX``. ``node_attrs`` and
     ``link_attrs`` (indexed by those names) hold model attributes EPANET does not carry: DMA,
-    cover and invert levels, material. ``nodes`` are the GIS-only utility nodes (isolation and
+    cover and invert levels, material, role. ``nodes`` are the GIS-only utility nodes (isolation and
     boundary valves, hydrants, DMA inlet meters, service connections), ``links`` the service
     pipes, ``dmas`` the district metered areas; all are model frames in the layout's CRS.
     """
@@ -712,7 +712,8 @@ def _model_attrs(
     layout: CityLayout,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Typed attributes of the model's features that EPANET does not carry: the DMA, ground
-    (cover) and invert levels, depth and material."""
+    (cover) and invert levels, depth, material, and each pipe's role (``main`` along a street,
+    else the extra pipe's role), which the bundle puts into ``props``."""
     cover = cover_depth(NETWORK)
     dma_ids = _dma_ids(int(dma.max()) + 1)
     names = list(wn.node_name_list)
@@ -732,6 +733,7 @@ def _model_attrs(
         if x.role == "tank":
             zone[at[x.node]] = dma_ids[dma[x.junction]]
     is_junction = np.array([wn.get_node(x).node_type == "Junction" for x in names])
+    role = {x.pipe: x.role for x in extra}  # the rest are street mains
     depth = np.where(is_junction & (widest > 0), cover + widest, np.nan)
     nodes = pd.DataFrame(
         {
@@ -748,6 +750,7 @@ def _model_attrs(
             "depth": cover,
             "invert_from": np.round(ground[start] - cover - diameter, 2),
             "invert_to": np.round(ground[end] - cover - diameter, 2),
+            "role": [role.get(p, "main") for p in pipes],
         },
         index=pipes,
     )
@@ -1030,8 +1033,14 @@ def water_bundle(layout: CityLayout, plan: WaterPlan) -> ImportBundle:
         ("utility_links", plan.link_attrs),
     ):
         frame = bundle.layers[layer_name]
-        for column in attrs.columns:
+        for column in attrs.columns.drop("role", errors="ignore"):
             frame[column] = frame["name"].map(attrs[column])
+    links = bundle.layers["utility_links"]
+    role = links["name"].map(plan.link_attrs["role"])
+    links["props"] = [
+        {**p, "role": r} if isinstance(r, str) else p
+        for p, r in zip(links["props"], role, strict=True)
+    ]
     bundle.add("utility_nodes", plan.nodes)
     bundle.add("utility_links", plan.links)
     bundle.add("zones", plan.dmas)

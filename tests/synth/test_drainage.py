@@ -98,7 +98,7 @@ def test_gravity_pipes_fall_with_minimum_slope_and_keep_their_cover(city):
         assert (pipes["depth"] >= cover - 1e-6).all()
         # no pipe or node deeper than realistic, none floating
         assert nodes["invert_level"].min() > -10.0
-        assert (nodes["depth"].dropna() > 0).all() and (nodes["depth"].dropna() < 8.0).all()
+        assert (nodes["depth"].dropna() > 0).all() and (nodes["depth"].dropna() < 10.0).all()
 
 
 def test_manhole_covers_are_on_the_ground(city):

@@ -14,13 +14,14 @@ import shapely
 from citytwin.formats.base import load_bundle
 from citytwin.store import Query
 from citytwin.synth.city import layout_bundle
-from citytwin.synth.corridors import corridor_nodes, cover_depth
+from citytwin.synth.corridors import CORRIDORS, corridor_nodes, cover_depth
 from citytwin.synth.layout import plan_layout
 from citytwin.synth.utilities import (
     CORRIDOR_ROLES,
     GAS_USES,
     HEATING_HALF_SPACING,
     clearance_rule,
+    find_clearance_violations,
     plan_utilities,
     utilities_bundle,
 )
@@ -199,7 +200,7 @@ def test_utilities_lie_in_their_corridors(city):
     k = np.array([int(x.split("-")[1]) for x in street[along]])
     a, b = s.nodes[s.edges[k, 0]], s.nodes[s.edges[k, 1]]
     u = (b - a) / np.linalg.norm(b - a, axis=1)[:, None]
-    offset = {"gas": 3.0, "power": 5.0, "telecom": 5.0, "heating": 1.5}
+    offset = {net: abs(CORRIDORS[net][0]) for net in ("gas", "power", "telecom", "heating")}
     for i, (geom, net) in enumerate(
         zip(links.geometry[along], links["network"][along], strict=True)
     ):
@@ -216,46 +217,11 @@ def test_utilities_lie_in_their_corridors(city):
         assert np.allclose(xy, corridor_nodes(s, net)[v], atol=1e-6)
 
 
-def _conflicts(links, buildings) -> dict[frozenset, float]:
-    """Every GB 50289 violation among the links (and against buildings), found independently
-    of the generator: crossings by vertical clearance, corridor lines by horizontal."""
-    geoms = links.geometry.to_numpy()
-    ids = links["id"].to_numpy(object)
-    net = links["network"].to_numpy(object)
-    depth = links["depth"].to_numpy(float)
-    outer = _prop(links, "outer_diameter").astype(float)
-    corridor = np.isin(_prop(links, "role"), CORRIDOR_ROLES)
-    tree = shapely.STRtree(geoms)
-    found = {}
-    a, b = tree.query(geoms, predicate="intersects")
-    keep = (a < b) & (net[a] != net[b])
-    a, b = a[keep], b[keep]
-    crossing = set(zip(a.tolist(), b.tolist(), strict=True))
-    clear = np.maximum(depth[b] - depth[a] - outer[a], depth[a] - depth[b] - outer[b])
-    for i, j, x in zip(a, b, clear, strict=True):
-        vertical = clearance_rule(net[i], net[j])[1]
-        if vertical is not None and x < vertical - 1e-9:
-            found[frozenset((ids[i], ids[j]))] = float(x)
-    c = np.flatnonzero(corridor)
-    a, b = tree.query(geoms[c], predicate="dwithin", distance=5.0)
-    a = c[a]
-    keep = (a < b) & corridor[b] & (net[a] != net[b])
-    keep &= np.array([(i, j) not in crossing for i, j in zip(a, b, strict=True)], dtype=bool)
-    a, b = a[keep], b[keep]
-    clear = shapely.distance(geoms[a], geoms[b]) - (outer[a] + outer[b]) / 2
-    for i, j, x in zip(a, b, clear, strict=True):
-        horizontal = clearance_rule(net[i], net[j])[0]
-        if horizontal is not None and x < horizontal - 1e-9:
-            found[frozenset((ids[i], ids[j]))] = float(x)
-    bgeom = buildings.geometry.to_numpy()
-    a, k = shapely.STRtree(bgeom).query(geoms[c], predicate="dwithin", distance=5.0)
-    a = c[a]
-    clear = shapely.distance(geoms[a], bgeom[k]) - outer[a] / 2
-    bid = buildings["id"].to_numpy(object)
-    for i, j, x in zip(a, k, clear, strict=True):
-        if x < clearance_rule(net[i], "building")[0] - 1e-9:
-            found[frozenset((ids[i], bid[j]))] = float(x)
-    return found
+def _conflicts(plan, buildings) -> dict[frozenset, float]:
+    """Every GB 50289 violation among the plan's links (and against buildings), found
+    independently of the generator, as {pair of feature ids: clear distance}."""
+    found = find_clearance_violations(plan.nodes, plan.links, buildings)
+    return {frozenset(r["feature_ids"]): r["actual_m"] for r in found}
 
 
 def test_the_only_clearance_violations_are_the_seeded_ones(city):
@@ -263,7 +229,7 @@ def test_the_only_clearance_violations_are_the_seeded_ones(city):
     records = plan.violations
     assert 3 <= len(records) <= 6
     assert {r["kind"] for r in records} == {"horizontal", "vertical", "building"}
-    found = _conflicts(plan.links, layout.buildings)
+    found = _conflicts(plan, layout.buildings)
     expected = {frozenset((r["feature_ids"][0], x)) for r in records for x in r["feature_ids"][1:]}
     assert set(found) == expected
     links = plan.links.set_index("id")
