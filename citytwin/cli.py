@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,6 +51,26 @@ def _run(fn: Callable[[], Any]) -> Any:
     except CityTwinError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[[str | None, int, int | None], None]]:
+    """A progress bar on stderr; yields ``report(what or None, done, total or None)``."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(title, total=None)
+
+        def report(what: str | None, done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total, **({"description": what} if what else {}))
+
+        yield report
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -196,27 +217,14 @@ def import_(
                     options["id_prefix"] = id_prefix
                 if network is not None:
                     options["network"] = network
-            with Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task(f"importing {path.name}", total=None)
-
-                def progress(done: int, total: int | None) -> None:
-                    bar.update(task, completed=done, total=total)
-
+            with _progress(f"importing {path.name}") as report:
                 counts = import_file(
                     store,
                     path,
                     fmt=kind,
                     valid_from=_date(valid_from),
                     repair_geometry=repair_geometry,
-                    progress=progress,
+                    progress=lambda done, total: report(None, done, total),
                     **options,
                 )
             summary = (
@@ -482,21 +490,8 @@ def synth(
     def body() -> None:
         if out.exists():
             raise CityTwinError(f"{out} already exists; choose another --out or delete it")
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("virtual city", total=None)
-
-            def step(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
-
-            store = build_city(out, area_km2, seed, name=name, on_step=step)
+        with _progress("virtual city") as report:
+            store = build_city(out, area_km2, seed, name=name, on_step=report)
         try:
             print_summary(store.meta, store.summary(), store.rasters(), store.documents("network/"))
         finally:

@@ -211,6 +211,17 @@ def test_errors_exit_non_zero_with_one_clear_line(twin, tmp_path, shared_data):
     )
 
 
-@pytest.mark.parametrize("command", ["init", "import", "export", "info", "query", "demo"])
+def test_synth_builds_a_virtual_twin_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "v.twin"
+    text = run("synth", "--out", out, "--area-km2", "1", "--seed", "4").output
+    assert "VIRTUAL CITY" in text and "utility_links" in text
+    info = json.loads(run("info", "-t", out, "--json").output)
+    assert info["meta"]["virtual"] is True
+    assert set(info["networks"]) >= {"network/water_supply", "network/storm", "network/sewer"}
+    again = run("synth", "--out", out, ok=False)
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("command", ["init", "import", "export", "info", "query", "demo", "synth"])
 def test_help_everywhere(command):
     assert "Usage" in run(command, "--help").output

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-from pyswmm import Nodes, Simulation, SystemStats
 
 from citytwin.drainage.storms import chicago_hyetograph
+from citytwin.drainage.swmm import run_swmm_file
 from citytwin.formats.base import load_bundle
 from citytwin.formats.swmm import write_swmm
 from citytwin.store import Query
@@ -56,19 +56,13 @@ def write(path: Path, text: str) -> Path:
 
 def simulate(path: Path) -> dict:
     """Continuity errors (%), node statistics and routing totals of a pyswmm run."""
-    out: dict = {}
-    with Simulation(str(path)) as sim:
-
-        def finished() -> None:  # the mass balance is only complete once SWMM has ended
-            out["runoff_error"] = sim.runoff_error
-            out["routing_error"] = sim.flow_routing_error
-
-        sim.add_after_end(finished)
-        for _ in sim:
-            pass
-        out["nodes"] = {n.nodeid: n.statistics for n in Nodes(sim)}
-        out["routing"] = SystemStats(sim).routing_stats
-    return out
+    run = run_swmm_file(path)
+    return {
+        "runoff_error": run.runoff_error,
+        "routing_error": run.routing_error,
+        "nodes": run.nodes,
+        "routing": run.routing,
+    }
 
 
 def features(bundle, layer: str, network: str | None = None) -> pd.DataFrame:
