@@ -456,7 +456,7 @@ class DuckDBStore(Store):
         wkb = table.column("wkb").to_numpy(zero_copy_only=False)
         parsed = {col: _json_values(table.column(col)) for col in ("props", "geometry_3d")}
         df = table.drop_columns(["wkb", "props", "geometry_3d"]).to_pandas(
-            types_mapper=_types_mapper
+            types_mapper=_types_mapper, ignore_metadata=True
         )
         for col, values in parsed.items():
             df[col] = pd.Series(values, index=df.index, dtype=object)
