@@ -11,9 +11,8 @@ from rich.table import Table
 
 from citytwin.drainage.storms import chicago_hyetograph
 from citytwin.drainage.swmm import run_swmm
-from citytwin.formats.base import load_bundle
-from citytwin.store import Query, Store, create_store
-from citytwin.synth.city import VirtualCity, plan_city, twin_meta
+from citytwin.store import Query, Store
+from citytwin.synth.city import VirtualCity, plan_city, write_city
 from citytwin.synth.drainage import with_storm
 from citytwin.synth.water import water_check
 
@@ -30,11 +29,9 @@ def build_demo(folder: Path, console: Console) -> Path:
         stale.unlink(missing_ok=True)
     with console.status("generating the virtual city …"):
         city = plan_city(DEMO_AREA_KM2, DEMO_SEED)
-    store = create_store(path, twin_meta(city.layout, "virtual-city-demo"))
+    with console.status("writing the twin …"):
+        store = write_city(path, city, name="virtual-city-demo")
     try:
-        with console.status("writing the twin …"), store.transaction():
-            for bundle in city.bundles:
-                load_bundle(store, bundle)
         print_summary(store.meta, store.summary(), store.rasters(), store.documents("network/"))
         console.print(network_lengths(store))
         with console.status("running EPANET (24 h) and SWMM (2- and 50-year storms) …"):

@@ -20,6 +20,11 @@ def run(*args, ok=True):
     return result
 
 
+def geojson_query(twin, layer, *args):
+    """``citytwin query`` with GeoJSON output, parsed."""
+    return json.loads(run("query", "-t", twin, "--layer", layer, "-o", "geojson", *args).output)
+
+
 @pytest.fixture
 def twin(tmp_path):
     path = tmp_path / "ky4.twin"
@@ -63,22 +68,8 @@ def test_import_info_query_export(twin, shared_data, tmp_path):
     assert info["networks"] == ["network/ky4"] and info["rasters"][0]["name"] == "dem"
     assert "ky4" in run("info", "-t", twin).output
 
-    fc = json.loads(
-        run(
-            "query",
-            "-t",
-            twin,
-            "--layer",
-            "utility_nodes",
-            "--where",
-            "elevation>=215",
-            "--class",
-            "junction",
-            "--output",
-            "geojson",
-            "--limit",
-            "500",
-        ).output
+    fc = geojson_query(
+        twin, "utility_nodes", "--where", "elevation>=215", "--class", "junction", "--limit", "500"
     )
     assert fc["numberMatched"] == fc["numberReturned"] > 0
     assert all(f["properties"]["elevation"] >= 215 for f in fc["features"])
@@ -96,22 +87,8 @@ def test_import_info_query_export(twin, shared_data, tmp_path):
         "3",
     ).output
     assert "0.0" in near and "3 of 3" in near
-    page = json.loads(
-        run(
-            "query",
-            "-t",
-            twin,
-            "--layer",
-            "utility_links",
-            "--limit",
-            "10",
-            "--offset",
-            "1150",
-            "--order-by",
-            "id",
-            "-o",
-            "geojson",
-        ).output
+    page = geojson_query(
+        twin, "utility_links", "--limit", "10", "--offset", "1150", "--order-by", "id"
     )
     assert page["numberReturned"] == 8 and page["numberMatched"] == 1158
 
@@ -143,35 +120,9 @@ def test_as_of_query_after_reimport_update(twin, tmp_path):
         "--valid-from",
         "2020-01-01",
     )
-    past = json.loads(
-        run(
-            "query",
-            "-t",
-            twin,
-            "--layer",
-            "utility_links",
-            "--as-of",
-            "2019-06-01",
-            "-o",
-            "geojson",
-        ).output
-    )
+    past = geojson_query(twin, "utility_links", "--as-of", "2019-06-01")
     assert past["numberMatched"] == 0
-    now = json.loads(
-        run(
-            "query",
-            "-t",
-            twin,
-            "--layer",
-            "utility_links",
-            "--as-of",
-            "2021-06-01",
-            "-o",
-            "geojson",
-            "--limit",
-            "1000",
-        ).output
-    )
+    now = geojson_query(twin, "utility_links", "--as-of", "2021-06-01", "--limit", "1000")
     assert now["numberMatched"] == 119
 
 

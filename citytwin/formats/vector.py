@@ -408,18 +408,6 @@ def geojson_feature_line(path: Path, index: int) -> int | None:
     return None
 
 
-def read_layer_frame(
-    frame: gpd.GeoDataFrame, twin_crs: Any, mapping: Mapping, source: str
-) -> ImportBundle:
-    """A bundle from a frame already in memory (e.g. generated data), through a mapping."""
-    bundle = ImportBundle(source)
-    bundle.add(
-        mapping.layer,
-        to_twin_crs(apply_mapping(frame, mapping, source=source), twin_crs, source=source),
-    )
-    return bundle
-
-
 def write_vector(
     store: Store, layer_name: str, path: str | Path, *, query: Query | None = None, crs: Any = None
 ) -> int:

@@ -169,6 +169,21 @@ def build_city(
     city = plan_city(area_km2, seed, on_step)
     if on_step:
         on_step("writing the twin", len(STEPS), len(STEPS) + 1)
+    store = write_city(path, city, name=name, valid_from=valid_from)
+    if on_step:
+        on_step("done", len(STEPS) + 1, len(STEPS) + 1)
+    return store
+
+
+def write_city(
+    path: str | Path,
+    city: VirtualCity,
+    *,
+    name: str | None = None,
+    valid_from: dt.datetime | None = None,
+) -> Store:
+    """Write a planned city into a new twin at ``path`` in one transaction; returns the
+    open store (closed again if the write fails)."""
     store = create_store(path, twin_meta(city.layout, name))
     try:
         with store.transaction():
@@ -177,8 +192,6 @@ def build_city(
     except BaseException:
         store.close()
         raise
-    if on_step:
-        on_step("done", len(STEPS) + 1, len(STEPS) + 1)
     return store
 
 
@@ -190,4 +203,5 @@ __all__ = [
     "layout_bundle",
     "plan_city",
     "twin_meta",
+    "write_city",
 ]

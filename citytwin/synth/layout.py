@@ -40,7 +40,6 @@ STOREY = {
 FLOOR_AREA_PER_RESIDENT = 33.0  # m² (urban China, living space per person, ~2020)
 FLOOR_AREA_PER_WORKER = 15.0  # m² of office or commercial floor per day-time worker
 
-LAND_USES = ("cbd", "old_town", "residential", "industrial", "park")
 IMPERVIOUS = {"cbd": 95.0, "old_town": 90.0, "residential": 70.0, "industrial": 85.0, "park": 15.0}
 """Impervious share (%) of a block by land use (typical values for dense Chinese cities)."""
 
