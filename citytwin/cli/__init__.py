@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import shapely
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
+from citytwin.cli.common import (
+    TwinOption,
+    cell,
+    console,
+    floats,
+    open_twin,
+    pairs,
+    parse_date,
+    progress,
+    run,
+)
 from citytwin.errors import CityTwinError
 from citytwin.model import LAYERS, TwinMeta
 
@@ -33,83 +32,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
-
-TwinOption = Annotated[
-    Path,
-    typer.Option(
-        "--twin", "-t", envvar="CITYTWIN_TWIN", help="The twin file (or set CITYTWIN_TWIN)."
-    ),
-]
-
-
-def _run(fn: Callable[[], Any]) -> Any:
-    """Run a command body; a CityTwin error becomes one red line and exit code 1."""
-    try:
-        return fn()
-    except CityTwinError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-
-
-@contextmanager
-def _progress(title: str) -> Iterator[Callable[[str | None, int, int | None], None]]:
-    """A progress bar on stderr; yields ``report(what or None, done, total or None)``."""
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(title, total=None)
-
-        def report(what: str | None, done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, **({"description": what} if what else {}))
-
-        yield report
-
-
-def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise CityTwinError(f"{what} {item!r} is not NAME=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def _floats(text: str | None, n: int, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise CityTwinError(f"{what} must be {n} comma-separated numbers, got {text!r}")
-    return values
-
-
-def _date(text: str | None) -> dt.datetime | None:
-    if text is None:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise CityTwinError(
-            f"can't read date {text!r}; write e.g. 2024-06-30 or 2024-06-30T12:00"
-        ) from None
-
-
-def _open(twin: Path, read_only: bool = False):
-    from citytwin.store import open_store
-
-    return open_store(twin, read_only=read_only)
 
 
 @app.command()
@@ -127,13 +49,11 @@ def init(
     from citytwin.store import create_store
 
     def body() -> None:
-        meta = TwinMeta(
-            name or twin.stem, crs, _floats(extent, 4, "--extent"), virtual, description
-        )  # type: ignore[arg-type]
+        meta = TwinMeta(name or twin.stem, crs, floats(extent, 4, "--extent"), virtual, description)  # type: ignore[arg-type]
         create_store(twin, meta).close()
         console.print(f"created twin [bold]{meta.name}[/] at {twin} in {meta.crs}")
 
-    _run(body)
+    run(body)
 
 
 @app.command("import")
@@ -183,7 +103,7 @@ def import_(
     from citytwin.formats import detect_format, import_file
 
     def body() -> None:
-        store = _open(twin)
+        store = open_twin(twin)
         try:
             kind = fmt or detect_format(path)
             options: dict[str, Any] = {}
@@ -203,8 +123,8 @@ def import_(
                             cls=cls,
                             id_field=id_field,
                             id_prefix=id_prefix or "",
-                            fields=_pairs(field, "--field"),
-                            constants=_pairs(set_, "--set"),
+                            fields=pairs(field, "--field"),
+                            constants=pairs(set_, "--set"),
                             source_layer=source_layer,
                         )
                     ]
@@ -217,12 +137,12 @@ def import_(
                     options["id_prefix"] = id_prefix
                 if network is not None:
                     options["network"] = network
-            with _progress(f"importing {path.name}") as report:
+            with progress(f"importing {path.name}") as report:
                 counts = import_file(
                     store,
                     path,
                     fmt=kind,
-                    valid_from=_date(valid_from),
+                    valid_from=parse_date(valid_from),
                     repair_geometry=repair_geometry,
                     progress=lambda done, total: report(None, done, total),
                     **options,
@@ -235,7 +155,7 @@ def import_(
         finally:
             store.close()
 
-    _run(body)
+    run(body)
 
 
 @app.command()
@@ -265,7 +185,7 @@ def export(
     from citytwin.store import Filter, Query
 
     def body() -> None:
-        store = _open(twin, read_only=True)
+        store = open_twin(twin, read_only=True)
         try:
             name = path.name.lower()
             if name.endswith(".inp"):
@@ -289,7 +209,7 @@ def export(
             elif name.endswith(".json") and (layer in (None, "buildings")):
                 from citytwin.formats.cityjson import write_cityjson
 
-                n = write_cityjson(store, path, bbox=_floats(bbox, 4, "--bbox"))
+                n = write_cityjson(store, path, bbox=floats(bbox, 4, "--bbox"))
             else:
                 from citytwin.formats.vector import write_vector
 
@@ -297,9 +217,9 @@ def export(
                     raise CityTwinError("say which layer to export: --layer NAME")
                 q = Query(
                     layer,
-                    bbox=_floats(bbox, 4, "--bbox"),  # type: ignore[arg-type]
+                    bbox=floats(bbox, 4, "--bbox"),  # type: ignore[arg-type]
                     where=[Filter.parse(w) for w in where or []],
-                    as_of=_date(as_of),
+                    as_of=parse_date(as_of),
                     order_by="id",
                 )
                 n = write_vector(store, layer, path, query=q, crs=crs)
@@ -307,7 +227,7 @@ def export(
         finally:
             store.close()
 
-    _run(body)
+    run(body)
 
 
 @app.command()
@@ -318,7 +238,7 @@ def info(
     """Layers, counts, extent, CRS and sources of the twin."""
 
     def body() -> None:
-        store = _open(twin, read_only=True)
+        store = open_twin(twin, read_only=True)
         try:
             summary = store.summary()
             rasters = store.rasters()
@@ -340,7 +260,7 @@ def info(
         finally:
             store.close()
 
-    _run(body)
+    run(body)
 
 
 def print_summary(meta: TwinMeta, summary: list, rasters: list, networks: list[str]) -> None:
@@ -406,16 +326,16 @@ def query(
     def body() -> None:
         if output not in ("table", "geojson"):
             raise CityTwinError("--output must be table or geojson")
-        store = _open(twin, read_only=True)
+        store = open_twin(twin, read_only=True)
         try:
-            point = _floats(near, 2, "--near")
+            point = floats(near, 2, "--near")
             q = Query(
                 layer,
                 ids=fid,
                 classes=cls,
                 where=[Filter.parse(w) for w in where or []],
-                bbox=_floats(bbox, 4, "--bbox"),
-                as_of=_date(as_of),  # type: ignore[arg-type]
+                bbox=floats(bbox, 4, "--bbox"),
+                as_of=parse_date(as_of),  # type: ignore[arg-type]
                 within=(shapely.Point(point), within) if point and within else None,
                 order_by=order_by,
                 limit=limit,
@@ -443,7 +363,7 @@ def query(
             ][:8]
             table = Table("id", "class", *shown, *(["distance"] if "distance" in frame else []))
             for i, f in enumerate(features):
-                row = [f.id, f.cls, *(_cell(f.attributes.get(a)) for a in shown)]
+                row = [f.id, f.cls, *(cell(f.attributes.get(a)) for a in shown)]
                 if "distance" in frame:
                     row.append(f"{frame['distance'].iloc[i]:.1f}")
                 table.add_row(*row)
@@ -452,15 +372,7 @@ def query(
         finally:
             store.close()
 
-    _run(body)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return str(v)
+    run(body)
 
 
 @app.command()
@@ -474,7 +386,7 @@ def demo(
         os.makedirs(out, exist_ok=True)
         build_demo(out, console)
 
-    _run(body)
+    run(body)
 
 
 @app.command()
@@ -490,15 +402,20 @@ def synth(
     def body() -> None:
         if out.exists():
             raise CityTwinError(f"{out} already exists; choose another --out or delete it")
-        with _progress("virtual city") as report:
+        with progress("virtual city") as report:
             store = build_city(out, area_km2, seed, name=name, on_step=report)
         try:
             print_summary(store.meta, store.summary(), store.rasters(), store.documents("network/"))
         finally:
             store.close()
 
-    _run(body)
+    run(body)
 
 
 if __name__ == "__main__":
     app()
+
+
+from citytwin.cli.network import network_app  # noqa: E402
+
+app.add_typer(network_app, name="network")

@@ -1,0 +1,1 @@
+"""Application services: thin use cases that compose the store and the engines."""
