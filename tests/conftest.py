@@ -41,3 +41,14 @@ def make_twin(tmp_path):
     yield make
     for s in stores:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def virtual_city(tmp_path_factory) -> Path:
+    """The default virtual city (4 km², seed 1) written into a twin once per test session;
+    tests open it read-only."""
+    from citytwin.synth.city import build_city
+
+    path = tmp_path_factory.mktemp("virtual") / "city-4km2-seed1.twin"
+    build_city(path, 4.0, 1).close()
+    return path

@@ -89,6 +89,83 @@ def _lengths(links: gpd.GeoDataFrame) -> np.ndarray:
     return np.where(np.isnan(given), shapely.length(links.geometry.to_numpy()), given)
 
 
+@dataclass
+class Valves:
+    """The isolation valves of a network, as the engine takes them: valve ``i`` sits on graph
+    link ``link[i]`` next to graph node ``node[i]``; ``closed`` ones are shut in normal
+    operation (DMA boundaries)."""
+
+    ids: np.ndarray
+    link: np.ndarray
+    node: np.ndarray
+    closed: np.ndarray
+
+
+def network_valves(data: NetworkData) -> Valves:
+    """The valves sitting on the network's links (utility nodes of class ``valve`` with a
+    ``link_id``). The node a valve is next to is ``props["node"]`` where given and an end of
+    its link, otherwise the end of the link nearer to the valve. Valves on unknown links are
+    left out and listed in ``data.problems``."""
+    valves = data.devices[data.devices["class"] == "valve"]
+    graph = data.graph
+    link = graph._link_lookup.get_indexer(valves["link_id"].to_numpy(object))
+    for vid, lid in zip(valves["id"][link < 0], valves["link_id"][link < 0], strict=True):
+        data.problems.append(f"valve {vid} sits on {lid}, which is not a {data.network} link")
+    valves, link = valves[link >= 0], link[link >= 0]
+    ends = graph.link_nodes[link]
+    props = [p if isinstance(p, dict) else {} for p in valves["props"]]
+    named = graph._node_lookup.get_indexer(np.array([p.get("node") for p in props], dtype=object))
+    at = shapely.get_coordinates(valves.geometry.to_numpy())
+    xy = graph.node_xy
+    nearer = np.where(
+        np.linalg.norm(xy[ends[:, 0]] - at, axis=1) <= np.linalg.norm(xy[ends[:, 1]] - at, axis=1),
+        ends[:, 0],
+        ends[:, 1],
+    )
+    named_is_end = (named == ends[:, 0]) | (named == ends[:, 1])
+    status = np.array([str(p.get("status", "")).lower() for p in props], dtype=object)
+    return Valves(
+        ids=valves["id"].to_numpy(object),
+        link=link.astype(np.int64),
+        node=np.where(named_is_end, named, nearer).astype(np.int64),
+        closed=status == "closed",
+    )
+
+
+def source_nodes(data: NetworkData) -> np.ndarray:
+    """Boolean mask of the nodes that feed the network (``SOURCE_CLASSES``)."""
+    return data.nodes["class"].isin(SOURCE_CLASSES.get(data.network, ())).to_numpy()
+
+
+def impact_weights(store: Store, data: NetworkData) -> dict[str, np.ndarray]:
+    """What each node of the network stands for, to sum over the nodes that lose service:
+    service connections, buildings, residents (of the buildings they serve), demand (m³/s)
+    and the critical facilities (``CRITICAL_FACILITIES``) in those buildings."""
+    nodes = data.nodes
+    served = nodes["building_id"].where(nodes["class"] == "service_connection")
+    weights: dict[str, np.ndarray] = {
+        "service_connections": (nodes["class"] == "service_connection").to_numpy(float),
+        "buildings": served.notna().to_numpy(float),
+        "demand_m3s": nodes["base_demand"].fillna(0.0).to_numpy(float),
+    }
+    buildings = store.query(Query("buildings")) if served.notna().any() else None
+    residents = (
+        buildings.set_index("id")["residents"].fillna(0)
+        if buildings is not None and len(buildings)
+        else pd.Series(dtype=float)
+    )
+    # a building served by several connections shares its people among them
+    share = 1.0 / served.map(served.value_counts()).fillna(1.0).to_numpy(float)
+    weights["buildings"] *= share
+    weights["residents"] = residents.reindex(served).fillna(0).to_numpy(float) * share
+    facilities = store.query(Query("facilities", classes=list(CRITICAL_FACILITIES)))
+    for kind in CRITICAL_FACILITIES:
+        here = facilities[facilities["class"] == kind]["building_id"].dropna()
+        counts = here.value_counts()
+        weights[f"{kind}s"] = counts.reindex(served).fillna(0).to_numpy(float) * share
+    return weights
+
+
 # -- excavation ----------------------------------------------------------------------------
 
 

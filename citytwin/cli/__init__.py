@@ -24,6 +24,7 @@ from citytwin.cli.common import (
     progress,
     run,
 )
+from citytwin.cli.network import network_app
 from citytwin.errors import CityTwinError
 from citytwin.model import LAYERS, TwinMeta
 
@@ -412,10 +413,7 @@ def synth(
     run(body)
 
 
+app.add_typer(network_app, name="network")
+
 if __name__ == "__main__":
     app()
-
-
-from citytwin.cli.network import network_app  # noqa: E402
-
-app.add_typer(network_app, name="network")
