@@ -41,6 +41,7 @@ def test_reach_and_depth():
     again = excavation_hits(_lines(), depth, deeper, crown_from=crown_from, crown_to=crown_to)
     assert again.set_index("index").loc[4, "struck"]
 
+
 def test_unknown_depth_counts_as_struck_and_deep_line_is_not():
     pit = Dig(shapely.box(-5, -5, 5, 5), depth=1.0, buffer=0.0)
     hits = excavation_hits(_lines()[[0, 3]], np.array([np.nan, 2.0]), pit)
