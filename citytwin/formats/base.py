@@ -56,9 +56,9 @@ class ImportBundle:
     rasters: list[Raster] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     locators: dict[str, Callable[[InvalidInput], InvalidInput]] = field(default_factory=dict)
+    """Per layer: adds the source line to a validation error, where the format has lines."""
     expected: int | None = None
     """Features the chunked layers will bring, where the source says so (for progress)."""
-    """Per layer: adds the source line to a validation error, where the format has lines."""
 
     def add(self, layer_name: str, frame: gpd.GeoDataFrame) -> None:
         """Add features to a layer of the bundle (concatenating with what is there)."""

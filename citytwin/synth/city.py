@@ -113,6 +113,18 @@ class VirtualCity:
     bundles: list[ImportBundle]
 
 
+OWNERS = {
+    "water_supply": "Virtual Water Supply Co.",
+    "sewer": "Virtual Drainage Co.",
+    "storm": "Virtual Drainage Co.",
+    "combined": "Virtual Drainage Co.",
+    "gas": "Virtual Gas Co.",
+    "power": "Virtual Power Grid Co.",
+    "telecom": "Virtual Telecom Co.",
+    "heating": "Virtual District Cooling Co.",
+}
+"""The (made-up) utility that owns each network of the virtual city."""
+
 STEPS = (
     "terrain, streets and buildings",
     "water supply",
@@ -143,6 +155,10 @@ def plan_city(
         drainage_bundle(layout, drainage),
         utilities_bundle(layout, utilities),
     ]
+    for bundle in bundles[1:]:
+        for name in ("utility_nodes", "utility_links"):
+            frame = bundle.layers[name]
+            bundle.layers[name] = frame.assign(owner=frame["network"].map(OWNERS))
     nodes = pd.concat([b.layers["utility_nodes"] for b in bundles[1:]], ignore_index=True)
     links = pd.concat([b.layers["utility_links"] for b in bundles[1:]], ignore_index=True)
     networks = {}
@@ -197,6 +213,7 @@ def write_city(
 
 __all__ = [
     "IMPERVIOUS",
+    "OWNERS",
     "STEPS",
     "VirtualCity",
     "build_city",

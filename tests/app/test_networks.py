@@ -63,6 +63,7 @@ def test_dig_over_a_water_main(twin):
     deep = dig_check(twin, Dig(pit, depth=main["depth"] + 0.1, buffer=0.5))
     row = deep.set_index("id").loc[main["id"]]
     assert row["struck"] and row["crown_depth_m"] == pytest.approx(main["depth"])
+    assert row["owner"] == "Virtual Water Supply Co."
     shallow = dig_check(twin, Dig(pit, depth=main["depth"] - 1.0, buffer=0.5))
     assert not shallow.set_index("id").loc[main["id"], "struck"]
     # everything listed really lies within reach, and the struck come first
