@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import geopandas as gpd
@@ -17,9 +18,22 @@ import pandas as pd
 import shapely
 
 from citytwin.errors import InvalidInput, NotFound
-from citytwin.model import NETWORK_TYPES
+from citytwin.model import GRAVITY_NETWORKS, NETWORK_TYPES
 from citytwin.networks.excavation import Dig, critical_line, excavation_hits
 from citytwin.networks.graph import Network
+from citytwin.networks.segments import Isolation, IsolationModel
+from citytwin.networks.topology import TopologyReport, check_topology, network_from_ids
+from citytwin.networks.trace import (
+    Trace,
+    connected,
+    downstream,
+    feeding_sources,
+    gravity_direction,
+    loop_through,
+    shortest_path,
+    source_direction,
+    upstream,
+)
 from citytwin.store import Filter, Query, Store
 
 SOURCE_CLASSES: dict[str, tuple[str, ...]] = {
@@ -44,10 +58,43 @@ class NetworkData:
 
     network: str
     graph: Network
-    nodes: gpd.GeoDataFrame  # row i is graph node i
+    nodes: gpd.GeoDataFrame  # row i is graph node i (nodes the builder added have no row)
     links: gpd.GeoDataFrame  # row k is graph link k
     devices: gpd.GeoDataFrame  # nodes that sit on a link: valves, meters, hydrants
-    problems: list[str] = field(default_factory=list)  # what could not be taken as it is
+    issues: pd.DataFrame  # what the builder had to repair (topology.ISSUE_COLUMNS)
+
+    @property
+    def gravity(self) -> bool:
+        """Whether the network drains by gravity (directions from invert levels)."""
+        return self.network in GRAVITY_NETWORKS
+
+    @cached_property
+    def node_class(self) -> np.ndarray:
+        """Class of every graph node ("" for nodes the builder added)."""
+        out = np.full(self.graph.n_nodes, "", dtype=object)
+        out[: len(self.nodes)] = self.nodes["class"].to_numpy(object)
+        return out
+
+    @cached_property
+    def closed_links(self) -> np.ndarray:
+        """Links shut in normal operation: status closed, or a closed valve on them."""
+        status = self.links["initial_status"].fillna("").str.lower()
+        shut = np.array(status.eq("closed"), dtype=bool)
+        valves = self.devices[self.devices["class"] == "valve"]
+        status = [p.get("status") if isinstance(p, dict) else None for p in valves["props"]]
+        closed_on = valves["link_id"][np.array([s == "closed" for s in status], dtype=bool)]
+        at = self.graph._link_lookup.get_indexer(closed_on.to_numpy(object))
+        shut[at[at >= 0]] = True
+        return shut
+
+    def direction(self) -> np.ndarray:
+        """Flow direction of every link: from invert levels for gravity networks, else away
+        from the sources (``citytwin.networks.trace``)."""
+        if self.gravity:
+            return gravity_direction(
+                self.links["invert_from"].to_numpy(float), self.links["invert_to"].to_numpy(float)
+            )
+        return source_direction(self.graph, source_nodes(self), closed=self.closed_links)
 
 
 def _network_frame(store: Store, layer: str, network: str, as_of: dt.datetime | None):
@@ -57,7 +104,9 @@ def _network_frame(store: Store, layer: str, network: str, as_of: dt.datetime | 
 
 
 def load_network(store: Store, network: str, as_of: dt.datetime | None = None) -> NetworkData:
-    """Read ``network`` (a network type: water_supply, sewer, gas ...) from the twin."""
+    """Read ``network`` (a network type: water_supply, sewer, gas ...) from the twin. Links
+    whose end nodes are missing are kept (the builder adds the nodes) and listed in
+    ``issues``: a network with errors is analysed as far as it can be."""
     if network not in NETWORK_TYPES:
         raise InvalidInput(
             f"unknown network type {network!r}", hint=f"use one of {', '.join(NETWORK_TYPES)}"
@@ -71,21 +120,22 @@ def load_network(store: Store, network: str, as_of: dt.datetime | None = None) -
     on_link = nodes["class"].isin(ON_LINK_CLASSES) & nodes["link_id"].notna()
     devices = nodes[on_link].reset_index(drop=True)
     nodes = nodes[~on_link].reset_index(drop=True)
-    graph = Network.from_ids(
+    geoms = links.geometry.to_numpy()
+    ends = np.stack([shapely.get_coordinates(shapely.get_point(geoms, i)) for i in (0, -1)], axis=1)
+    built = network_from_ids(
         nodes["id"],
         links["id"],
         links["from_node"],
         links["to_node"],
-        node_xy=shapely.get_coordinates(nodes.geometry.to_numpy())
-        if len(nodes)
-        else np.empty((0, 2)),
+        node_xy=shapely.get_coordinates(nodes.geometry.to_numpy()).reshape(-1, 2),
         link_length=_lengths(links),
+        link_end_xy=ends,
     )
-    return NetworkData(network, graph, nodes, links, devices)
+    return NetworkData(network, built.network, nodes, links, devices, built.issues)
 
 
 def _lengths(links: gpd.GeoDataFrame) -> np.ndarray:
-    given = links["length"].to_numpy(float) if "length" in links else np.full(len(links), np.nan)
+    given = links["length"].to_numpy(float)
     return np.where(np.isnan(given), shapely.length(links.geometry.to_numpy()), given)
 
 
@@ -99,23 +149,26 @@ class Valves:
     link: np.ndarray
     node: np.ndarray
     closed: np.ndarray
+    problems: list[str] = field(default_factory=list)
 
 
 def network_valves(data: NetworkData) -> Valves:
     """The valves sitting on the network's links (utility nodes of class ``valve`` with a
     ``link_id``). The node a valve is next to is ``props["node"]`` where given and an end of
     its link, otherwise the end of the link nearer to the valve. Valves on unknown links are
-    left out and listed in ``data.problems``."""
+    left out and listed in ``problems``."""
     valves = data.devices[data.devices["class"] == "valve"]
     graph = data.graph
     link = graph._link_lookup.get_indexer(valves["link_id"].to_numpy(object))
-    for vid, lid in zip(valves["id"][link < 0], valves["link_id"][link < 0], strict=True):
-        data.problems.append(f"valve {vid} sits on {lid}, which is not a {data.network} link")
+    problems = [
+        f"valve {vid} sits on {lid}, which is not a {data.network} link"
+        for vid, lid in zip(valves["id"][link < 0], valves["link_id"][link < 0], strict=True)
+    ]
     valves, link = valves[link >= 0], link[link >= 0]
     ends = graph.link_nodes[link]
     props = [p if isinstance(p, dict) else {} for p in valves["props"]]
     named = graph._node_lookup.get_indexer(np.array([p.get("node") for p in props], dtype=object))
-    at = shapely.get_coordinates(valves.geometry.to_numpy())
+    at = shapely.get_coordinates(valves.geometry.to_numpy()).reshape(-1, 2)
     xy = graph.node_xy
     nearer = np.where(
         np.linalg.norm(xy[ends[:, 0]] - at, axis=1) <= np.linalg.norm(xy[ends[:, 1]] - at, axis=1),
@@ -129,41 +182,273 @@ def network_valves(data: NetworkData) -> Valves:
         link=link.astype(np.int64),
         node=np.where(named_is_end, named, nearer).astype(np.int64),
         closed=status == "closed",
+        problems=problems,
     )
 
 
 def source_nodes(data: NetworkData) -> np.ndarray:
-    """Boolean mask of the nodes that feed the network (``SOURCE_CLASSES``)."""
-    return data.nodes["class"].isin(SOURCE_CLASSES.get(data.network, ())).to_numpy()
+    """Boolean mask of the nodes that feed the network (``SOURCE_CLASSES``; for gravity
+    networks the outfalls, where everything drains to)."""
+    classes = ("outfall",) if data.gravity else SOURCE_CLASSES.get(data.network, ())
+    return np.isin(data.node_class, classes)
 
 
 def impact_weights(store: Store, data: NetworkData) -> dict[str, np.ndarray]:
     """What each node of the network stands for, to sum over the nodes that lose service:
     service connections, buildings, residents (of the buildings they serve), demand (m³/s)
-    and the critical facilities (``CRITICAL_FACILITIES``) in those buildings."""
-    nodes = data.nodes
-    served = nodes["building_id"].where(nodes["class"] == "service_connection")
-    weights: dict[str, np.ndarray] = {
-        "service_connections": (nodes["class"] == "service_connection").to_numpy(float),
-        "buildings": served.notna().to_numpy(float),
-        "demand_m3s": nodes["base_demand"].fillna(0.0).to_numpy(float),
-    }
-    buildings = store.query(Query("buildings")) if served.notna().any() else None
-    residents = (
-        buildings.set_index("id")["residents"].fillna(0)
-        if buildings is not None and len(buildings)
-        else pd.Series(dtype=float)
-    )
-    # a building served by several connections shares its people among them
+    and the critical facilities (``CRITICAL_FACILITIES``) in those buildings. Aligned with
+    the graph's nodes (added nodes weigh nothing)."""
+    n = data.graph.n_nodes
+    served = _served_buildings(data)
     share = 1.0 / served.map(served.value_counts()).fillna(1.0).to_numpy(float)
-    weights["buildings"] *= share
-    weights["residents"] = residents.reindex(served).fillna(0).to_numpy(float) * share
+    weights: dict[str, np.ndarray] = {
+        "service_connections": (data.node_class == "service_connection").astype(float),
+        "buildings": _pad(served.notna().to_numpy(float) * share, n),
+        "residents": np.zeros(n),
+        "demand_m3s": _pad(data.nodes["base_demand"].fillna(0.0).to_numpy(float), n),
+    }
+    if served.notna().any():
+        residents = store.query(Query("buildings")).set_index("id")["residents"].fillna(0)
+        weights["residents"] = _pad(residents.reindex(served).fillna(0).to_numpy(float) * share, n)
     facilities = store.query(Query("facilities", classes=list(CRITICAL_FACILITIES)))
     for kind in CRITICAL_FACILITIES:
-        here = facilities[facilities["class"] == kind]["building_id"].dropna()
-        counts = here.value_counts()
-        weights[f"{kind}s"] = counts.reindex(served).fillna(0).to_numpy(float) * share
+        counts = facilities.loc[facilities["class"] == kind, "building_id"].dropna().value_counts()
+        weights[f"{kind}s"] = _pad(counts.reindex(served).fillna(0).to_numpy(float) * share, n)
     return weights
+
+
+def _served_buildings(data: NetworkData) -> pd.Series:
+    """The building each node serves (service connections), None elsewhere."""
+    nodes = data.nodes
+    return nodes["building_id"].where(nodes["class"] == "service_connection").reset_index(drop=True)
+
+
+def _pad(values: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([values, np.zeros(n - len(values))])
+
+
+# -- topology and traces ----------------------------------------------------------------------
+
+TERMINAL_CLASSES = (
+    "reservoir", "tank", "service_connection", "hydrant", "outfall", "inlet", "storage",
+    "substation", "transformer", "regulator", "pumping_station",
+)  # fmt: skip
+"""Node classes that may end a line: not dangling ends."""
+
+
+def check_network(
+    store: Store, network: str, *, near_miss: float = 1.0, as_of: dt.datetime | None = None
+) -> tuple[NetworkData, TopologyReport]:
+    """Check a network's topology: dangling ends, near-misses, duplicate and zero-length links,
+    components (and those without a source), isolated nodes, adverse slopes of gravity pipes;
+    plus what the builder had to repair (missing nodes) and valves on unknown links."""
+    data = load_network(store, network, as_of)
+    terminals = np.isin(data.node_class, TERMINAL_CLASSES)
+    if data.gravity:  # a sewer starts at its head manholes: one link, draining away
+        direction = data.direction()
+        start = np.where(direction == 1, data.graph.link_nodes[:, 0], data.graph.link_nodes[:, 1])
+        heads = np.zeros(data.graph.n_nodes, dtype=bool)
+        heads[start] = True
+        terminals |= heads & (data.graph.degree == 1)
+    report = check_topology(
+        data.graph,
+        link_geometry=data.links.geometry.to_numpy(),
+        terminals=terminals,
+        sources=source_nodes(data) if source_nodes(data).any() else None,
+        near_miss=near_miss,
+        invert_from=data.links["invert_from"].to_numpy(float) if data.gravity else None,
+        invert_to=data.links["invert_to"].to_numpy(float) if data.gravity else None,
+        loose_ends_only=True,
+    )
+    # separate systems each with a source (sewer catchments with their own outfall, an
+    # island with its own tank) are not errors: only the parts without a source are
+    components = report.components
+    if "has_source" in components and source_nodes(data).any():
+        fed = set(components.loc[components["has_source"].astype(bool), "node"])
+        apart = (report.issues["kind"] == "disconnected_component") & report.issues["node"].isin(
+            fed
+        )
+        report = TopologyReport(report.issues[~apart].reset_index(drop=True), components)
+    found = [data.issues, report.issues]
+    for problem in network_valves(data).problems:
+        found.append(pd.DataFrame([{"kind": "valve_off_network", "other": problem}]))
+    found = [f for f in found if len(f)]
+    issues = pd.concat(found, ignore_index=True) if found else report.issues
+    return data, TopologyReport(issues, report.components)
+
+
+TRACES = ("connected", "upstream", "downstream", "path", "sources", "loop")
+
+
+def trace_network(
+    store: Store,
+    network: str,
+    kind: str,
+    start: list[str],
+    *,
+    end: str | None = None,
+    as_of: dt.datetime | None = None,
+) -> tuple[NetworkData, Trace | None, np.ndarray | None]:
+    """Trace ``network`` from ``start`` (node or link ids): ``connected``, ``upstream`` or
+    ``downstream`` (directions from invert levels for gravity networks, else from the
+    sources), ``path`` (shortest, to ``end``), ``sources`` (which sources feed the start
+    node) or ``loop`` (the shortest loop through the start link). Closed links and links with
+    closed valves are not passed. Returns the data, the trace (None for a link on no loop)
+    and, for ``sources``, the source ids."""
+    if kind not in TRACES:
+        raise InvalidInput(f"unknown trace {kind!r}", hint=f"use one of {', '.join(TRACES)}")
+    if not start:
+        raise InvalidInput("a trace needs a start", hint="give a node or link id")
+    data = load_network(store, network, as_of)
+    graph, closed = data.graph, data.closed_links
+    nodes = [s for s in start if s in graph._node_lookup]
+    links = [s for s in start if s in graph._link_lookup]
+    unknown = sorted(set(start) - set(nodes) - set(links))
+    if unknown:
+        raise NotFound(
+            f"{unknown[0]!r} is not a node or link of the {network} network",
+        )
+    if kind == "connected":
+        return data, connected(graph, nodes, links, closed=closed), None
+    if kind in ("upstream", "downstream"):
+        walk = upstream if kind == "upstream" else downstream
+        return data, walk(graph, data.direction(), nodes, links, closed=closed), None
+    if kind == "path":
+        if end is None or len(nodes) != 1:
+            raise InvalidInput("a path runs from one node to another", hint="give --to NODE")
+        return data, shortest_path(graph, nodes[0], end, closed=closed), None
+    if kind == "sources":
+        if len(nodes) != 1:
+            raise InvalidInput("name one node to find the sources that feed it")
+        direction = None if data.gravity else data.direction()
+        found = feeding_sources(graph, nodes[0], source_nodes(data), closed=closed,
+                                direction=direction)  # fmt: skip
+        return data, None, found
+    if len(links) != 1:
+        raise InvalidInput("name one link to find a loop through it")
+    return data, loop_through(graph, links[0], closed=closed), None
+
+
+# -- burst isolation, segments, criticality ----------------------------------------------------
+
+
+@dataclass
+class BurstReport:
+    """A burst isolation on a twin: the engine's ``Isolation`` and what it means on the map."""
+
+    data: NetworkData
+    valves: Valves
+    isolation: Isolation
+    buildings: pd.DataFrame  # id, residents of the buildings that lose supply
+    facilities: gpd.GeoDataFrame  # the critical facilities among them
+
+    @property
+    def valve_ids(self) -> np.ndarray:
+        """Ids of the valves to close."""
+        return self.valves.ids[self.isolation.valves]
+
+    def to_geojson(self) -> dict[str, Any]:
+        """Valves to close (points), isolated and cut-off links (lines), with a ``role``."""
+        iso, links, devices = self.isolation, self.data.links, self.data.devices
+        valve_rows = devices.set_index("id").loc[self.valve_ids]
+        frames = [
+            gpd.GeoDataFrame(
+                {"id": self.valve_ids, "role": "valve_to_close"},
+                geometry=valve_rows.geometry.to_numpy(),
+                crs=links.crs,
+            ),
+            links.iloc[iso.isolated_links][["id", "geometry"]].assign(role="isolated"),
+            links.iloc[iso.cutoff_links][["id", "geometry"]].assign(role="cut_off"),
+        ]
+        return features_geojson(
+            gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=links.crs)
+        )
+
+
+def isolation_model(store: Store, data: NetworkData) -> tuple[IsolationModel, Valves]:
+    """The network's valves, sources and impact weights prepared for isolation queries."""
+    valves = network_valves(data)
+    if not len(valves.ids):
+        raise InvalidInput(
+            f"the {data.network} network of this twin has no valves: nothing can be isolated",
+            hint="import its valve layer (utility nodes of class valve with link_id)",
+        )
+    model = IsolationModel.build(
+        data.graph,
+        valves.link,
+        valves.node,
+        source_nodes(data),
+        weights=impact_weights(store, data),
+        diameter=data.links["diameter"].to_numpy(float),
+        length=data.graph.link_length,
+        closed=valves.closed,
+    )
+    return model, valves
+
+
+MAX_SNAP = 50.0  # m: a burst located by a point must lie this close to a link
+
+
+def nearest_link(data: NetworkData, x: float, y: float) -> int:
+    """The link nearest to point (x, y), within ``MAX_SNAP`` m."""
+    geoms = data.links.geometry.to_numpy()
+    point = shapely.Point(x, y)
+    k = int(shapely.STRtree(geoms).nearest(point))
+    distance = shapely.distance(geoms[k], point)
+    if distance > MAX_SNAP:
+        raise InvalidInput(
+            f"the point ({x:.1f}, {y:.1f}) is {distance:.0f} m from the nearest {data.network} "
+            f"link",
+            hint=f"give a point within {MAX_SNAP:.0f} m of a link, in the twin's CRS",
+        )
+    return k
+
+
+def isolate_burst(
+    store: Store,
+    network: str,
+    *,
+    link: str | None = None,
+    at: tuple[float, float] | None = None,
+    inoperable: list[str] | None = None,
+    as_of: dt.datetime | None = None,
+) -> BurstReport:
+    """Isolate a burst on ``link`` (id) or at a point ``at`` on a link: the valves to close, the
+    isolated part, what else loses supply, and who is affected (buildings, residents,
+    critical facilities). ``inoperable``: valve ids that can't be closed."""
+    if (link is None) == (at is None):
+        raise InvalidInput("say where the burst is", hint="give a link id or a point x,y")
+    data = load_network(store, network, as_of)
+    k = nearest_link(data, *at) if at is not None else int(data.graph.link_index(link)[0])
+    model, valves = isolation_model(store, data)
+    blocked = []
+    if inoperable:
+        index = pd.Index(valves.ids)
+        blocked = index.get_indexer(inoperable)
+        if (blocked < 0).any():
+            bad = inoperable[int(np.flatnonzero(blocked < 0)[0])]
+            raise NotFound(f"no valve {bad!r} in the {network} network")
+    isolation = model.isolate(k, blocked)
+    served = _served_buildings(data)
+    lost = isolation.lost_nodes
+    lost = lost[lost < len(served)]
+    building_ids = served.iloc[lost].dropna().unique()
+    table = pd.DataFrame({"id": pd.Series([], dtype=object), "residents": []})
+    if len(building_ids):
+        buildings = store.query(Query("buildings", ids=list(building_ids), order_by="id"))
+        table = buildings[["id", "residents"]].reset_index(drop=True)
+    facilities = store.query(Query("facilities", classes=list(CRITICAL_FACILITIES)))
+    facilities = facilities[facilities["building_id"].isin(building_ids)].reset_index(drop=True)
+    return BurstReport(data, valves, isolation, table, facilities)
+
+
+def segment_table(store: Store, network: str) -> tuple[NetworkData, IsolationModel, pd.DataFrame]:
+    """Every valve segment of ``network`` with its size, demand, residents and critical
+    facilities, and the impact of its isolation (``IsolationModel.criticality``), ranked by
+    residents who lose supply."""
+    data = load_network(store, network)
+    model, _ = isolation_model(store, data)
+    return data, model, model.criticality(by="residents")
 
 
 # -- excavation ----------------------------------------------------------------------------

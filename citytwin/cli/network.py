@@ -33,7 +33,9 @@ def _write_geojson(path: Path | None, collection: dict[str, Any]) -> None:
 
 
 def _table(frame, columns: list[str], title: str | None = None, limit: int | None = None) -> None:
-    table = Table(*columns, title=title)
+    table = Table(title=title)
+    for column in columns:  # fold long ids over lines rather than cut them
+        table.add_column(column, overflow="fold")
     rows = frame if limit is None else frame.head(limit)
     for values in rows[columns].itertuples(index=False):
         table.add_row(*(cell(v) for v in values))
@@ -95,5 +97,214 @@ def dig(
             + (f", [bold red]{len(critical):,} critical[/]" if len(critical) else "")
         )
         _write_geojson(geojson, features_geojson(hits))
+
+    run(body)
+
+
+NetworkOption = Annotated[
+    str, typer.Option("--network", "-n", help="Network type: water_supply, sewer, gas ...")
+]
+
+
+@network_app.command()
+def check(
+    twin: TwinOption,
+    network: NetworkOption,
+    near_miss: Annotated[
+        float, typer.Option(help="Loose ends this close to a node or line are near-misses, m.")
+    ] = 1.0,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 30,
+    geojson: GeoJSONOption = None,
+) -> None:
+    """Topology check: dangling ends, near-misses, duplicate and zero-length links, components
+    without a source, isolated nodes, sewers falling the wrong way."""
+    from citytwin.app.networks import check_network
+
+    def body() -> None:
+        store = open_twin(twin, read_only=True)
+        try:
+            data, report = check_network(store, network, near_miss=near_miss)
+        finally:
+            store.close()
+        graph, comps = data.graph, report.components
+        console.print(
+            f"{network}: {graph.n_nodes:,} nodes, {graph.n_links:,} links, "
+            f"{int((comps['n_links'] > 0).sum()):,} connected parts"
+        )
+        if report.ok:
+            console.print("[green]no topology issue found[/]")
+            return
+        counts = Table("issue", "count", title="Topology issues")
+        for kind, n in sorted(report.counts().items(), key=lambda kv: -kv[1]):
+            counts.add_row(kind, f"{n:,}")
+        console.print(counts)
+        columns = [c for c in ("kind", "node", "link", "other", "value") if c in report.issues]
+        _table(report.issues, columns, limit=limit)
+        _write_geojson(geojson, report.to_geojson())
+
+    run(body)
+
+
+@network_app.command()
+def trace(
+    twin: TwinOption,
+    network: NetworkOption,
+    start: Annotated[list[str], typer.Option("--from", help="Start node or link id(s).")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            "-k",
+            help="connected, upstream, downstream, path (with --to), sources, loop.",
+        ),
+    ] = "connected",
+    to: Annotated[str | None, typer.Option(help="End node of a path.")] = None,
+    limit: Annotated[int, typer.Option(help="Ids to print.")] = 20,
+    geojson: GeoJSONOption = None,
+) -> None:
+    """Trace a network: what is connected to, upstream or downstream of a feature; the
+    shortest path between two nodes; the sources feeding a node; a loop through a link."""
+    from citytwin.app.networks import trace_network
+
+    def body() -> None:
+        store = open_twin(twin, read_only=True)
+        try:
+            data, found, sources = trace_network(store, network, kind, start, end=to)
+        finally:
+            store.close()
+        if sources is not None:
+            if not len(sources):
+                console.print(f"[bold red]no source feeds {start[0]}[/]")
+            for sid in sources:
+                console.print(sid)
+            return
+        if found is None:
+            console.print(f"{start[0]} lies on no loop (its loss splits the network)")
+            return
+        what = f"{len(found.nodes):,} nodes, {len(found.links):,} links"
+        if found.length == found.length:  # a path or loop: not NaN
+            what += f", {found.length:,.1f} m"
+        console.print(f"{kind} from {', '.join(start)}: {what}")
+        ids = [*found.link_ids[:limit]]
+        console.print("links: " + " ".join(ids) + (" …" if len(found.links) > limit else ""))
+        _write_geojson(
+            geojson,
+            found.to_geojson(
+                link_geometry=data.links.geometry.to_numpy(),
+                properties={"trace": kind, "network": network},
+            ),
+        )
+
+    run(body)
+
+
+@network_app.command()
+def isolate(
+    twin: TwinOption,
+    network: NetworkOption,
+    link: Annotated[str | None, typer.Option(help="The failed link's id.")] = None,
+    at: Annotated[str | None, typer.Option(help="Or a point x,y on it (twin's CRS).")] = None,
+    inoperable: Annotated[
+        list[str] | None,
+        typer.Option(help="Valves that can't be closed (repeat the option)."),
+    ] = None,
+    geojson: GeoJSONOption = None,
+) -> None:
+    """Burst isolation: the valves to close, the isolated part, everything that loses supply,
+    and who is affected."""
+    from citytwin.app.networks import isolate_burst
+
+    def body() -> None:
+        point = floats(at, 2, "--at")
+        store = open_twin(twin, read_only=True)
+        try:
+            report = isolate_burst(store, network, link=link, at=point, inoperable=inoperable)  # type: ignore[arg-type]
+        finally:
+            store.close()
+        iso = report.isolation
+        failed = report.data.graph.link_ids[iso.link]
+        console.print(f"burst on [bold]{failed}[/]")
+        if iso.note:
+            console.print(f"[yellow]{iso.note}[/]")
+        console.print(f"close {len(iso.valves)} valve(s): " + " ".join(report.valve_ids))
+        console.print(
+            f"isolated: {len(iso.isolated_nodes):,} nodes, {len(iso.isolated_links):,} links, "
+            f"{iso.volume:,.1f} m³ to drain; cut off from every source beyond that: "
+            f"{len(iso.cutoff_nodes):,} nodes, {len(iso.cutoff_links):,} links"
+        )
+        impact = Table("loses supply", "in the isolated part", "in all")
+        for name, total in iso.impact.items():
+            impact.add_row(name, f"{iso.direct[name]:,.4g}", f"{total:,.4g}")
+        console.print(impact)
+        if len(report.facilities):
+            console.print("[bold red]critical facilities without water:[/]")
+            for row in report.facilities[["class", "name", "id"]].to_dict("records"):
+                console.print(f"  {row['class']}: {row['name']} ({row['id']})")
+        _write_geojson(geojson, report.to_geojson())
+
+    run(body)
+
+
+@network_app.command()
+def segments(
+    twin: TwinOption,
+    network: NetworkOption,
+    limit: Annotated[int, typer.Option(help="Segments to print.")] = 20,
+    csv: Annotated[Path | None, typer.Option(help="Write every segment to this CSV.")] = None,
+) -> None:
+    """Valve segmentation: every segment with its size, demand, residents and critical
+    facilities (largest first)."""
+    from citytwin.app.networks import segment_table
+
+    def body() -> None:
+        store = open_twin(twin, read_only=True)
+        try:
+            _, model, table = segment_table(store, network)
+        finally:
+            store.close()
+        direct = table.sort_values("residents_direct", ascending=False)
+        columns = [
+            f"{name}_direct"
+            for name in ("n_nodes", "n_links", "length", "residents", "demand_m3s", "hospitals")
+        ] + ["n_valves"]
+        console.print(
+            f"{network}: {model.segments.n_segments:,} segments between "
+            f"{len(model.segments.valve_link):,} valves"
+        )
+        _table(direct.reset_index(), ["segment", *columns], limit=limit)
+        if csv is not None:
+            table.to_csv(csv)
+            console.print(f"wrote {len(table):,} segments to {csv}")
+
+    run(body)
+
+
+@network_app.command()
+def criticality(
+    twin: TwinOption,
+    network: NetworkOption,
+    by: Annotated[str, typer.Option(help="Rank by this impact column.")] = "residents",
+    limit: Annotated[int, typer.Option(help="Segments to print.")] = 20,
+    csv: Annotated[Path | None, typer.Option(help="Write the whole ranking to this CSV.")] = None,
+) -> None:
+    """Criticality: every segment ranked by the impact of its failure (itself plus what it
+    cuts off from every source)."""
+    from citytwin.app.networks import segment_table
+
+    def body() -> None:
+        store = open_twin(twin, read_only=True)
+        try:
+            _, _, table = segment_table(store, network)
+        finally:
+            store.close()
+        ranked = table.sort_values(by, ascending=False, kind="stable") if by in table else None
+        if ranked is None:
+            raise CityTwinError(f"can't rank by {by!r}: use one of {', '.join(table.columns)}")
+        columns = ["segment", "n_nodes", "cutoff_segments", "residents", "demand_m3s",
+                   "hospitals", "schools", "fire_stations", "volume"]  # fmt: skip
+        _table(ranked.reset_index(), columns, title=f"Most critical segments by {by}", limit=limit)
+        if csv is not None:
+            ranked.to_csv(csv)
+            console.print(f"wrote {len(ranked):,} segments to {csv}")
 
     run(body)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from citytwin.errors import NotFound
+from citytwin.errors import InvalidInput, NotFound
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +106,23 @@ class Network:
         np.cumsum(np.bincount(ends, minlength=self.n_nodes), out=indptr[1:])
         return indptr, (order // 2).astype(np.int64)
 
+    def node_mask(self, which: Iterable | np.ndarray | None) -> np.ndarray:
+        """A boolean mask over the nodes from node ids or from a mask (None: no node)."""
+        return _mask(which, self.n_nodes, self.node_index, "node")
+
+    def link_mask(self, which: Iterable | np.ndarray | None) -> np.ndarray:
+        """A boolean mask over the links from link ids or from a mask (None: no link)."""
+        return _mask(which, self.n_links, self.link_index, "link")
+
+    @cached_property
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Node → neighbours in CSR form ``(indptr, nbr_node, nbr_link)`` for the compiled
+        kernels (``kernels.csr_neighbours``): node ``i`` reaches ``nbr_node[j]`` over link
+        ``nbr_link[j]`` for ``j`` in ``indptr[i]:indptr[i + 1]``. Built once per network."""
+        from citytwin.networks.kernels import csr_neighbours
+
+        return csr_neighbours(self.link_nodes, self.n_nodes)
+
     @cached_property
     def degree(self) -> np.ndarray:
         """Number of link ends at every node."""
@@ -135,7 +152,7 @@ class Network:
         # keep the smallest weight of parallel links: sort so it comes first, drop repeats
         order = np.lexsort((w, v, u))
         u, v, w = u[order], v[order], w[order]
-        first = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])]
+        first = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])][: len(u)]
         # explicit zeros would vanish from a sparse matrix: a tiny positive weight stands in
         w = np.where(w[first] > 0, w[first], 1e-12)
         n = self.n_nodes
@@ -163,6 +180,25 @@ def _positions(lookup, ids: str | Iterable[str], what: str) -> np.ndarray:
         bad = names[np.flatnonzero(at < 0)[0]]
         raise NotFound(f"no {what} {bad!r} in the network — check the id (ids are case-sensitive)")
     return at.astype(np.int64)
+
+
+def _mask(which, size: int, index, what: str) -> np.ndarray:
+    out = np.zeros(size, dtype=bool)
+    if which is None:
+        return out
+    if isinstance(which, str):
+        which = [which]
+    arr = np.asarray(which if isinstance(which, np.ndarray) else list(which))
+    if arr.dtype == bool:
+        if len(arr) != size:
+            raise InvalidInput(
+                f"{what} mask of length {len(arr)} for {size} {what}s",
+                hint=f"give one flag per {what}, or {what} ids",
+            )
+        return arr.copy()
+    if len(arr):
+        out[index(arr.astype(object))] = True
+    return out
 
 
 def _as_indices(links: np.ndarray, m: int) -> np.ndarray:
