@@ -97,10 +97,23 @@ class NetworkData:
         return source_direction(self.graph, source_nodes(self), closed=self.closed_links)
 
 
-def _network_frame(store: Store, layer: str, network: str, as_of: dt.datetime | None):
-    return store.query(
-        Query(layer, where=[Filter("network", "=", network)], as_of=as_of, order_by="id")
-    )
+NODE_COLUMNS = ("network", "name", "elevation", "cover_level", "invert_level", "depth",
+                "base_demand", "building_id", "link_id", "owner")  # fmt: skip
+LINK_COLUMNS = ("network", "name", "from_node", "to_node", "diameter", "length", "invert_from",
+                "invert_to", "depth", "pressure_class", "initial_status", "owner")  # fmt: skip
+"""What a network analysis reads of its nodes and links (props only of the on-link devices)."""
+
+
+def _network_frame(
+    store: Store,
+    layer: str,
+    network: str,
+    as_of: dt.datetime | None,
+    columns: tuple[str, ...] | None,
+    classes: tuple[str, ...] | None = None,
+) -> gpd.GeoDataFrame:
+    where = [Filter("network", "=", network)]
+    return store.query(Query(layer, classes=classes, where=where, as_of=as_of, columns=columns))
 
 
 def load_network(store: Store, network: str, as_of: dt.datetime | None = None) -> NetworkData:
@@ -111,27 +124,35 @@ def load_network(store: Store, network: str, as_of: dt.datetime | None = None) -
         raise InvalidInput(
             f"unknown network type {network!r}", hint=f"use one of {', '.join(NETWORK_TYPES)}"
         )
-    nodes = _network_frame(store, "utility_nodes", network, as_of)
-    links = _network_frame(store, "utility_links", network, as_of)
+    links = _network_frame(store, "utility_links", network, as_of, LINK_COLUMNS)
     if not len(links):
-        raise NotFound(
-            f"the twin has no {network} links",
-        )
-    on_link = nodes["class"].isin(ON_LINK_CLASSES) & nodes["link_id"].notna()
-    devices = nodes[on_link].reset_index(drop=True)
+        raise NotFound(f"the twin has no {network} links")
+    nodes = _network_frame(store, "utility_nodes", network, as_of, NODE_COLUMNS)
+    on_link = (nodes["class"].isin(ON_LINK_CLASSES) & nodes["link_id"].notna()).to_numpy()
+    devices = _network_frame(store, "utility_nodes", network, as_of, None, ON_LINK_CLASSES)
+    devices = devices[devices["link_id"].notna()].reset_index(drop=True)
     nodes = nodes[~on_link].reset_index(drop=True)
-    geoms = links.geometry.to_numpy()
-    ends = np.stack([shapely.get_coordinates(shapely.get_point(geoms, i)) for i in (0, -1)], axis=1)
     built = network_from_ids(
-        nodes["id"],
-        links["id"],
-        links["from_node"],
-        links["to_node"],
+        nodes["id"].to_numpy(object),
+        links["id"].to_numpy(object),
+        links["from_node"].to_numpy(object),
+        links["to_node"].to_numpy(object),
         node_xy=shapely.get_coordinates(nodes.geometry.to_numpy()).reshape(-1, 2),
         link_length=_lengths(links),
-        link_end_xy=ends,
+        link_end_xy=_line_ends(links),
     )
     return NetworkData(network, built.network, nodes, links, devices, built.issues)
+
+
+def _line_ends(links: gpd.GeoDataFrame) -> np.ndarray:
+    """``(m, 2, 2)``: first and last point of every line (where a missing node is placed)."""
+    xy, line = shapely.get_coordinates(links.geometry.to_numpy(), return_index=True)
+    ends = np.full((len(links), 2, 2), np.nan)
+    if len(line):
+        starts = np.r_[0, np.flatnonzero(np.diff(line)) + 1]
+        stops = np.r_[starts[1:], len(line)] - 1
+        ends[line[starts], 0], ends[line[starts], 1] = xy[starts], xy[stops]
+    return ends
 
 
 def _lengths(links: gpd.GeoDataFrame) -> np.ndarray:

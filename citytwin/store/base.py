@@ -17,7 +17,7 @@ import geopandas as gpd
 import shapely
 
 from citytwin.errors import InvalidInput
-from citytwin.model import Feature, TwinMeta, features_from_frame, layer
+from citytwin.model import BASE_COLUMNS, Feature, TwinMeta, features_from_frame, layer
 
 FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "like", "startswith", "is_null", "not_null")
 
@@ -78,9 +78,13 @@ class Query:
     order_by: str | None = None  # attribute name, "-name" for descending
     limit: int | None = None
     offset: int = 0
+    columns: Sequence[str] | None = None  # only these attributes (id, class, geometry always)
 
     def __post_init__(self) -> None:
         lay = layer(self.layer)
+        for name in self.columns or ():
+            if name not in BASE_COLUMNS and not lay.has_attribute(name):
+                lay.attribute(name)  # raises with the known names
         for f in self.where:
             if f.attribute not in ("id", "class", "status") and not lay.has_attribute(f.attribute):
                 lay.attribute(f.attribute)  # raises with the known names

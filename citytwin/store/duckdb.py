@@ -441,7 +441,10 @@ class DuckDBStore(Store):
             params += [shapely.to_wkb(q.within[0]), float(q.within[1])]
         return " AND ".join(conds), params
 
-    def _select(self, layer_name: str) -> str:
+    def _select(self, layer_name: str, columns: Sequence[str] | None = None) -> str:
+        if columns is not None:  # id, class and geometry, and the columns asked for
+            cols = ["fid AS id", "class", *(c for c in dict.fromkeys(columns) if c != "id")]
+            return ", ".join(dict.fromkeys(cols)) + ", wkb"
         cols = (
             ["fid AS id"]
             + [c for c, _ in _BASE_SQL[1:]]
@@ -454,8 +457,9 @@ class DuckDBStore(Store):
         if table.num_rows == 0:
             return empty_frame(layer_name, self._crs)
         wkb = table.column("wkb").to_numpy(zero_copy_only=False)
-        parsed = {col: _json_values(table.column(col)) for col in ("props", "geometry_3d")}
-        df = table.drop_columns(["wkb", "props", "geometry_3d"]).to_pandas(
+        json_cols = [c for c in ("props", "geometry_3d") if c in table.column_names]
+        parsed = {col: _json_values(table.column(col)) for col in json_cols}
+        df = table.drop_columns(["wkb", *json_cols]).to_pandas(
             types_mapper=_types_mapper, ignore_metadata=True
         )
         for col, values in parsed.items():
@@ -465,7 +469,7 @@ class DuckDBStore(Store):
 
     def query(self, q: Query) -> gpd.GeoDataFrame:
         where, params = self._where(q)
-        sql = f"SELECT {self._select(q.layer)} FROM {q.layer} WHERE {where}"
+        sql = f"SELECT {self._select(q.layer, q.columns)} FROM {q.layer} WHERE {where}"
         sql += _order_sql(q.order_by)
         if q.limit is not None:
             sql += f" LIMIT {int(q.limit)}"

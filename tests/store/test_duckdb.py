@@ -95,6 +95,17 @@ def test_attribute_filters_order_and_paging(store):
     assert Filter.parse("name~Tower%") == Filter("name", "like", "Tower%")
 
 
+def test_selected_columns(store):
+    truth = buildings(3000).set_index("id")
+    got = store.query(Query("buildings", where=[Filter("floors", ">", 30)], columns=["height"]))
+    assert list(got.columns) == ["id", "class", "height", "geometry"]
+    assert len(got) == (truth.floors > 30).sum()
+    assert (got.set_index("id")["height"] == truth.loc[got["id"], "height"]).all()
+    assert shapely.equals_exact(
+        got.geometry.to_numpy(), truth.loc[got["id"]].geometry.to_numpy(), 0
+    ).all()
+
+
 def test_update_keeps_history_and_as_of_returns_past_state(store):
     f = store.query(Query("buildings", ids=["b1"]))
     old_height = f["height"].iloc[0]
@@ -174,3 +185,5 @@ def test_query_names_unknown_attributes():
         Query("buildings", where=[Filter("colour", "=", "red")])
     with pytest.raises(KeyError, match="unknown layer"):
         Query("castles")
+    with pytest.raises(KeyError, match="no attribute 'colour'"):
+        Query("buildings", columns=["height", "colour"])
