@@ -28,6 +28,7 @@ from citytwin.networks.trace import (
     connected,
     downstream,
     feeding_sources,
+    flow_direction,
     gravity_direction,
     loop_through,
     shortest_path,
@@ -87,14 +88,51 @@ class NetworkData:
         shut[at[at >= 0]] = True
         return shut
 
-    def direction(self) -> np.ndarray:
-        """Flow direction of every link: from invert levels for gravity networks, else away
-        from the sources (``citytwin.networks.trace``)."""
+    def direction(self, store: Store | None = None, flows_at: float | None = None) -> np.ndarray:
+        """Flow direction of every link: from invert levels for gravity networks; for
+        pressurised ones from an EPANET run of the twin's hydraulic model at ``flows_at``
+        hours where asked (``store`` needed; links outside the model, such as service pipes,
+        and links without flow then), else away from the sources (``citytwin.networks.trace``)."""
         if self.gravity:
             return gravity_direction(
                 self.links["invert_from"].to_numpy(float), self.links["invert_to"].to_numpy(float)
             )
-        return source_direction(self.graph, source_nodes(self), closed=self.closed_links)
+        by_sources = source_direction(self.graph, source_nodes(self), closed=self.closed_links)
+        if flows_at is None:
+            return by_sources
+        if store is None:
+            raise ValueError("a hydraulic direction needs the store")
+        flow = hydraulic_flows(store, self.network, flows_at).reindex(self.graph.link_ids)
+        by_flow = flow_direction(flow.to_numpy(float), tolerance=1e-9)
+        return np.where(flow.isna().to_numpy(), by_sources, by_flow).astype(np.int8)
+
+
+def hydraulic_flows(store: Store, network: str, hour: float) -> pd.Series:
+    """Link flows (m³/s, by link id) of an EPANET run of the twin's hydraulic model of
+    ``network`` at ``hour`` hours; the model is rebuilt from the twin's current features."""
+    import wntr
+
+    from citytwin.formats.epanet import epanet_model_dict
+    from citytwin.hydraulics.epanet import flows_at, run_epanet
+
+    for key in store.documents("network/"):
+        doc = store.get_document(key) or {}
+        if doc.get("format") == "epanet" and doc.get("network", "water_supply") == network:
+            break
+    else:
+        raise InvalidInput(
+            f"the twin holds no hydraulic (EPANET) model of its {network} network",
+            hint="import one (citytwin import net.inp) or trace from the sources instead",
+        )
+    wn = wntr.network.from_dict(epanet_model_dict(store, key))
+    duration = wn.options.time.duration / 3600.0
+    if not 0 <= hour <= duration:
+        raise InvalidInput(
+            f"hour {hour:g} is outside the hydraulic model's run of {duration:g} h",
+            hint=f"give an hour from 0 to {duration:g}",
+        )
+    flow = flows_at(run_epanet(wn), hour)
+    return pd.Series(flow.to_numpy(), index=doc["id_prefix"] + flow.index.astype(str))
 
 
 NODE_COLUMNS = ("network", "name", "elevation", "cover_level", "invert_level", "depth",
@@ -308,11 +346,13 @@ def trace_network(
     start: list[str],
     *,
     end: str | None = None,
+    flows_at: float | None = None,
     as_of: dt.datetime | None = None,
 ) -> tuple[NetworkData, Trace | None, np.ndarray | None]:
     """Trace ``network`` from ``start`` (node or link ids): ``connected``, ``upstream`` or
     ``downstream`` (directions from invert levels for gravity networks, else from the
-    sources), ``path`` (shortest, to ``end``), ``sources`` (which sources feed the start
+    sources, or from an EPANET run's flows at ``flows_at`` hours), ``path`` (shortest, to
+    ``end``), ``sources`` (which sources feed the start
     node) or ``loop`` (the shortest loop through the start link). Closed links and links with
     closed valves are not passed. Returns the data, the trace (None for a link on no loop)
     and, for ``sources``, the source ids."""
@@ -333,7 +373,8 @@ def trace_network(
         return data, connected(graph, nodes, links, closed=closed), None
     if kind in ("upstream", "downstream"):
         walk = upstream if kind == "upstream" else downstream
-        return data, walk(graph, data.direction(), nodes, links, closed=closed), None
+        direction = data.direction(store, flows_at)
+        return data, walk(graph, direction, nodes, links, closed=closed), None
     if kind == "path":
         if end is None or len(nodes) != 1:
             raise InvalidInput("a path runs from one node to another", hint="give --to NODE")
@@ -341,7 +382,7 @@ def trace_network(
     if kind == "sources":
         if len(nodes) != 1:
             raise InvalidInput("name one node to find the sources that feed it")
-        direction = None if data.gravity else data.direction()
+        direction = None if data.gravity else data.direction(store, flows_at)
         found = feeding_sources(graph, nodes[0], source_nodes(data), closed=closed,
                                 direction=direction)  # fmt: skip
         return data, None, found

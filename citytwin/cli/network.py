@@ -159,6 +159,10 @@ def trace(
         ),
     ] = "connected",
     to: Annotated[str | None, typer.Option(help="End node of a path.")] = None,
+    flows_at: Annotated[
+        float | None,
+        typer.Option(help="Directions from an EPANET run's flows at this hour (water)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Ids to print.")] = 20,
     geojson: GeoJSONOption = None,
 ) -> None:
@@ -169,7 +173,9 @@ def trace(
     def body() -> None:
         store = open_twin(twin, read_only=True)
         try:
-            data, found, sources = trace_network(store, network, kind, start, end=to)
+            data, found, sources = trace_network(
+                store, network, kind, start, end=to, flows_at=flows_at
+            )
         finally:
             store.close()
         if sources is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import shapely
 
@@ -98,3 +99,23 @@ def test_bad_network_and_empty_dig(twin):
         load_network(twin, "sewage")
     far = dig_check(twin, Dig(shapely.box(0, 0, 1, 1), depth=2.0))
     assert len(far) == 0
+
+
+def test_directions_from_an_epanet_run(twin):
+    from citytwin.app.networks import hydraulic_flows, trace_network
+    from citytwin.networks.trace import BACKWARD, FORWARD
+
+    data = load_network(twin, "water_supply")
+    flow = hydraulic_flows(twin, "water_supply", 8.0)
+    direction = data.direction(twin, 8.0)
+    at = data.graph.link_index(flow.index)
+    moving = flow.abs().to_numpy() > 1e-9
+    expected = np.where(flow.to_numpy() > 0, FORWARD, BACKWARD)
+    assert (direction[at][moving] == expected[moving]).all()
+    # water drawn at a junction at 8:00 comes from a reservoir or a tank upstream of it
+    junctions = data.nodes.loc[data.nodes["base_demand"].fillna(0) > 0, "id"].iloc[::50]
+    for node in junctions:
+        _, up, _ = trace_network(twin, "water_supply", "upstream", [node], flows_at=8.0)
+        assert source_nodes(data)[up.nodes].any(), node
+    with pytest.raises(InvalidInput, match="no hydraulic"):
+        hydraulic_flows(twin, "gas", 8.0)

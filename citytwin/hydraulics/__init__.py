@@ -1,0 +1,1 @@
+"""Pressurised network hydraulics: EPANET runs (through wntr) and what they tell."""
