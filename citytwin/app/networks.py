@@ -18,11 +18,17 @@ import pandas as pd
 import shapely
 
 from citytwin.errors import InvalidInput, NotFound
+from citytwin.formats.base import ImportBundle
 from citytwin.model import GRAVITY_NETWORKS, NETWORK_TYPES
 from citytwin.networks.excavation import Dig, critical_line, excavation_hits
 from citytwin.networks.graph import Network
 from citytwin.networks.segments import Isolation, IsolationModel
-from citytwin.networks.topology import TopologyReport, check_topology, network_from_ids
+from citytwin.networks.topology import (
+    TopologyReport,
+    check_topology,
+    network_from_geometry,
+    network_from_ids,
+)
 from citytwin.networks.trace import (
     Trace,
     connected,
@@ -284,6 +290,77 @@ def _served_buildings(data: NetworkData) -> pd.Series:
 
 def _pad(values: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([values, np.zeros(n - len(values))])
+
+
+# -- topology from geometry ---------------------------------------------------------------------
+
+
+def snap_links(
+    store: Store, bundle: ImportBundle, tolerance: float, *, as_of: dt.datetime | None = None
+) -> pd.DataFrame:
+    """Give the utility links of an import ``bundle`` that lack end nodes (GIS layers: lines
+    only) their ``from_node`` / ``to_node`` by snapping their ends, within ``tolerance`` m, to
+    the utility nodes of the same network in the bundle and in the twin; ends near no node
+    meet at new junctions, added to the bundle. Returns what the snapping had to decide
+    (``citytwin.networks.topology`` issues: new nodes, ambiguous ends)."""
+    links = bundle.layers.get("utility_links")
+    if links is None:
+        raise InvalidInput("--snap joins utility links, and this import brings none",
+                           hint="import the lines with --layer utility_links")  # fmt: skip
+    if not isinstance(links, gpd.GeoDataFrame):
+        raise InvalidInput(
+            "--snap needs the whole layer at once; this file is read in chunks",
+            hint="split the file, or give from_node / to_node fields instead",
+        )
+    if "network" not in links or links["network"].isna().any():
+        raise InvalidInput("--snap needs the links' network type",
+                           hint="add --set network=water_supply (or map a field)")  # fmt: skip
+    for column in ("from_node", "to_node"):
+        if column not in links:
+            links[column] = None
+    new_nodes, found = [], []
+    given = bundle.layers.get("utility_nodes")
+    for network, rows in links.groupby("network", sort=True):
+        loose = rows["from_node"].isna() | rows["to_node"].isna()
+        if not loose.any():
+            continue
+        ours = given[given["network"] == network] if isinstance(given, gpd.GeoDataFrame) else None
+        stored = store.query(
+            Query("utility_nodes", where=[Filter("network", "=", network)], as_of=as_of,
+                  columns=("network", "link_id"))
+        )  # fmt: skip
+        nodes = pd.concat([f for f in (ours, stored) if f is not None and len(f)])
+        if len(nodes):
+            nodes = nodes[~nodes["class"].isin(ON_LINK_CLASSES)].drop_duplicates("id")
+        prefix = f"{network}:snap-"
+        built = network_from_geometry(
+            rows.geometry.to_numpy(),
+            rows["id"].to_numpy(object),
+            node_points=nodes.geometry.to_numpy() if len(nodes) else None,
+            node_ids=nodes["id"].to_numpy(object) if len(nodes) else None,
+            tolerance=tolerance,
+            new_node_prefix=prefix,
+        )
+        graph = built.network
+        ends = graph.node_ids[graph.link_nodes]
+        links.loc[rows.index[loose], "from_node"] = ends[loose.to_numpy(), 0]
+        links.loc[rows.index[loose], "to_node"] = ends[loose.to_numpy(), 1]
+        added = np.isin(graph.node_ids, built.added_nodes)
+        used = np.zeros(graph.n_nodes, dtype=bool)
+        used[graph.link_nodes[loose.to_numpy()].ravel()] = True
+        keep = added & used
+        if keep.any():
+            new_nodes.append(
+                gpd.GeoDataFrame(
+                    {"id": graph.node_ids[keep], "class": "junction", "network": network},
+                    geometry=shapely.points(graph.node_xy[keep]),
+                    crs=links.crs,
+                )
+            )
+        found.append(built.issues.assign(network=network))
+    for frame in new_nodes:
+        bundle.add("utility_nodes", frame)
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame()
 
 
 # -- topology and traces ----------------------------------------------------------------------

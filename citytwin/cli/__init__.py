@@ -99,9 +99,16 @@ def import_(
     repair_geometry: Annotated[
         bool, typer.Option(help="Make invalid geometries valid instead of failing.")
     ] = False,
+    snap: Annotated[
+        float | None,
+        typer.Option(
+            help="Utility lines without end-node ids: join their ends to nodes within this "
+            "many metres (topology from geometry)."
+        ),
+    ] = None,
 ) -> None:
     """Import a file into the twin: all of it, or nothing."""
-    from citytwin.formats import detect_format, import_file
+    from citytwin.formats import detect_format, load_bundle, read_any
 
     def body() -> None:
         store = open_twin(twin)
@@ -139,14 +146,20 @@ def import_(
                 if network is not None:
                     options["network"] = network
             with progress(f"importing {path.name}") as report:
-                counts = import_file(
+                bundle = read_any(path, store.meta.crs, fmt=kind, **options)
+                if snap is not None:
+                    from citytwin.app.networks import snap_links
+
+                    decided = snap_links(store, bundle, snap)
+                    if len(decided):
+                        kinds = decided["kind"].value_counts().to_dict()
+                        console.print(f"snapping decided: {kinds}")
+                counts = load_bundle(
                     store,
-                    path,
-                    fmt=kind,
+                    bundle,
                     valid_from=parse_date(valid_from),
                     repair_geometry=repair_geometry,
                     progress=lambda done, total: report(None, done, total),
-                    **options,
                 )
             summary = (
                 ", ".join(f"{n:,} {layer_name}" for layer_name, n in counts.items())

@@ -121,3 +121,34 @@ def test_dig_command(virtual_city, store, tmp_path):
     assert "would be struck" in result.output
     hits = {f["properties"]["id"]: f["properties"] for f in json.loads(out.read_text())["features"]}
     assert hits[water["id"].iloc[5]]["struck"] is True
+
+
+def test_import_lines_and_snap_their_ends(tmp_path, shared_data):
+    """GIS pipes without end-node ids get their topology from geometry at import: the same
+    ends as the source's own start/end node names, except where pump nodes coincide."""
+    import geopandas as gpd
+
+    ky4, twin = shared_data / "ky4", tmp_path / "ky4.twin"
+    run("init", "-t", twin, "--crs", "EPSG:32616")
+    for name, cls in (("junctions", "junction"), ("tanks", "tank"), ("reservoirs", "reservoir")):
+        run("import", ky4 / f"ky4_{name}.geojson", "-t", twin, "--layer", "utility_nodes",
+            "--class", cls, "--id-field", "name", "--set", "network=water_supply")  # fmt: skip
+    result = run("import", ky4 / "ky4_pipes.geojson", "-t", twin, "--layer", "utility_links",
+                 "--class", "pipe", "--id-field", "name", "--set", "network=water_supply",
+                 "--snap", "0.05")  # fmt: skip
+    assert "1,156 utility_links" in result.output
+    source = gpd.read_file(ky4 / "ky4_pipes.geojson").set_index("name")
+    with open_store(twin, read_only=True) as s:
+        links = s.query(Query("utility_links")).set_index("id")
+    same = (links["from_node"] == source.loc[links.index, "start_node_name"]) & (
+        links["to_node"] == source.loc[links.index, "end_node_name"]
+    )
+    # the two pumps' inlet and outlet nodes are drawn at one point each: 4 ambiguous ends
+    assert "ambiguous_end" in result.output
+    at_pumps = source["start_node_name"].str.contains("Pump") | source[
+        "end_node_name"
+    ].str.contains("Pump")
+    assert set(links.index[~same]) <= set(source.index[at_pumps]) and at_pumps.sum() == 4
+    bad = run("import", ky4 / "ky4_pipes.geojson", "-t", twin, "--layer", "utility_links",
+              "--class", "pipe", "--id-field", "name", "--snap", "0.05", ok=False)  # fmt: skip
+    assert bad.exit_code == 1 and "network type" in bad.output
