@@ -144,14 +144,16 @@ def plan_city(
     layout = plan_layout(area_km2, seed)
     report(STEPS[1], 1, total)
     water = plan_water(layout, seed)
+    water_layers = water_bundle(layout, water)
     report(STEPS[2], 2, total)
-    drainage = plan_drainage(layout, seed)
+    # the sewers keep clear of the water mains (in plan and where they cross)
+    drainage = plan_drainage(layout, seed, water=water_layers.layers["utility_links"])
     report(STEPS[3], 3, total)
     utilities = plan_utilities(layout, seed)
     report(STEPS[4], 4, total)
     bundles = [
         layout_bundle(layout),
-        water_bundle(layout, water),
+        water_layers,
         drainage_bundle(layout, drainage),
         utilities_bundle(layout, utilities),
     ]

@@ -15,11 +15,15 @@ down:
   (Q in L/s, held to 1.3–2.3: the usual fit of GB 50014's table), at most 60 % full;
 
 to the smallest standard DN 300–2000 (then box culverts, RECT_CLOSED, with barrels) whose full
-flow at the pipe's slope carries it, never smaller than any pipe above. Pipes keep the
-network's minimum cover (``cover_depth``: 3.7 m, below every pressure network in the
-corridors' vertical order), and foul sewers, designed after the storm sewers, pass 0.15 m above
-or below the storm pipes they cross at street corners (below where they would clash: their
-minimum cover deepened at both ends of such a pipe, ``_Network.design_clear_of``). Pipes
+flow at the pipe's slope carries it, never smaller than any pipe above. Each street edge places
+its sewers in the band its other lines leave (``citytwin.synth.corridors``) from the widths of
+the pipes laid there, the design repeated until every pipe fits the width it was placed for
+(the tree and catchments don't move with it); conduits wider than their band are listed
+(``notes["conduits_too_wide"]``, and in the bundle's ``synth/clearance_shortfalls``). Pipes
+keep the gravity networks' minimum cover (``cover_depth``: below the water services) and pass
+the vertical clearance below every water pipe (``water``) and, for foul sewers, designed after
+the storm sewers, every storm pipe they cross: their minimum cover is deepened at both ends of
+such a pipe and the network designed again (``_Network.design_clear_of``). Pipes
 follow the ground where it falls and otherwise fall at the minimum slope for their size (0.9/DN
 in mm: 0.3 % for DN300, no less than 0.1 %), crowns matched at manholes. Where a pipe would
 end deeper than 6.5 m, a lift station (wet well, pump with a depth–flow curve, discharge
@@ -58,7 +62,16 @@ from scipy.spatial import cKDTree
 from citytwin.drainage.storms import GUANGZHOU, StormFormula, chicago_hyetograph, rate
 from citytwin.formats.base import ImportBundle
 from citytwin.formats.swmm import swmm_bundle
-from citytwin.synth.corridors import corridor_nodes, cover_depth
+from citytwin.synth.corridors import (
+    NOMINAL,
+    SEWER_GAP,
+    cooling_edges,
+    corridor_nodes,
+    cover_depth,
+    drainage_band,
+    street_lines,
+    vertical,
+)
 from citytwin.synth.layout import IMPERVIOUS, SOURCE, CityLayout
 
 PREFIXES = {"storm": "st:", "sewer": "sw:", "combined": "cb:"}
@@ -67,7 +80,7 @@ PREFIXES = {"storm": "st:", "sewer": "sw:", "combined": "cb:"}
 DESIGN_RETURN_PERIOD = 2.0  # years, storm sewers
 INLET_TIME = 5.0  # min, overland flow time to the first inlet (dense city blocks)
 CELERITY = 1.5  # flood-wave speed / full-bore velocity: what the flow time t2 is counted at
-SEWER_CLEARANCE = 0.15  # m, GB 50289's vertical clearance where foul and storm sewers cross
+SEWER_CLEARANCE = vertical("sewer", "storm")  # m, where foul and storm sewers cross
 MAX_DEPTH = 8.5  # m, deepest pipe invert below ground before a lift station
 SUMP = 1.0  # m, wet well floor below the lowest incoming invert
 FOUL_PER_RESIDENT = 200.0  # L/day
@@ -172,8 +185,12 @@ def plan_drainage(
     *,
     formula: StormFormula = GUANGZHOU,
     return_period: float = DESIGN_RETURN_PERIOD,
+    water: pd.DataFrame | None = None,
 ) -> DrainagePlan:
-    """Lay out, size and model the drainage of ``layout``; ``seed`` picks pipe materials."""
+    """Lay out, size and model the drainage of ``layout``; ``seed`` picks pipe materials.
+    ``water``: the water network's ``utility_links`` frame, if laid already: its widest main
+    in each street line sets how far from it the storm sewer stays, and gravity pipes pass
+    the vertical clearance below every water pipe they cross."""
     rng = np.random.default_rng([seed, 0xD7A1])
     streets, river = layout.streets, layout.river
     n = len(streets.nodes)
@@ -190,31 +207,49 @@ def plan_drainage(
     old_building = land_use.reindex(buildings["block"]).to_numpy() == "old_town"
     old_building &= combined.any()
     plants = _treatment_plants(layout)
+    mains = _Obstacles.water(water) if water is not None else None
+    band = _bands(layout, water)
 
     members = {"storm": ~combined, "sewer": ~combined, "combined": combined}
+    members = {name: mask for name, mask in members.items() if mask.any()}
+    assumed = {name: np.zeros(len(streets.edges)) for name in members}  # widest pipe per edge
+    for round_ in range(8):  # until every pipe fits the widths its street was laid out for
+        offsets = _edge_offsets(band, assumed)
+        designed: dict[str, _Network] = {}
+        served: dict[str, pd.DataFrame] = {}
+        for name, mask in members.items():
+            xy = _shifted(streets, offsets[name], name)
+            net = _Network(name, layout, np.flatnonzero(mask), edges, bank_dist[mask], xy)
+            if name != "sewer":
+                mine = old_block if name == "combined" else ~old_block
+                net.add_blocks(blocks[mine], block_xy[mine])
+            if name != "storm":
+                mine = old_building if name == "combined" else ~old_building
+                served[name] = net.add_buildings(buildings[mine])
+            below = [mains] if mains is not None else []
+            if name == "sewer":  # foul sewers keep clear of the storm sewers they cross
+                below.append(_Obstacles.network(designed["storm"], SEWER_CLEARANCE))
+            net.design_clear_of(below, formula, return_period)
+            designed[name] = net
+        widths = {name: net.edge_widths() for name, net in designed.items()}
+        if all((widths[k] <= assumed[k] + 1e-9).all() for k in members):
+            break
+        # the widths just found; from the fourth round on no narrower, so that it settles
+        keep = round_ >= 3
+        assumed = {k: np.maximum(assumed[k] * keep, widths[k]) for k in members}
+    else:
+        raise RuntimeError("drainage: the sewers' widths in the streets did not settle")
     networks: dict[str, DrainageNetwork] = {}
     connections = []
-    designed: dict[str, _Network] = {}
-    for name, mask in members.items():
-        if not mask.any():
-            continue
-        net = _Network(name, layout, np.flatnonzero(mask), edges, bank_dist[mask])
-        if name != "sewer":
-            mine = old_block if name == "combined" else ~old_block
-            net.add_blocks(blocks[mine], block_xy[mine])
-        if name != "storm":
-            mine = old_building if name == "combined" else ~old_building
-            served = net.add_buildings(buildings[mine])
-        if name == "sewer":  # foul sewers keep clear of the storm sewers they cross
-            net.design_clear_of(designed["storm"], SEWER_CLEARANCE, formula, return_period)
-        else:
-            net.design(formula, return_period)
-        designed[name] = net
+    for name, net in designed.items():
         networks[name] = net.model(rng, storm, plants)
-        if name != "storm":
-            served["node"] = net.node_name[served.pop("local").to_numpy()]
-            connections.append(served)
+        if name in served:
+            conn = served[name]
+            conn["node"] = net.node_name[conn.pop("local").to_numpy()]
+            connections.append(conn)
     conn = pd.concat(connections, ignore_index=True)
+    # pipes wider than their street leaves room for: they break clearances there
+    too_wide = [net.too_wide(band) for net in designed.values()]
     return DrainagePlan(
         seed,
         networks,
@@ -222,8 +257,131 @@ def plan_drainage(
         plants,
         storm,
         return_period,
-        notes={"street_nodes": n, "combined_street_nodes": int(combined.sum())},
+        notes={
+            "street_nodes": n,
+            "combined_street_nodes": int(combined.sum()),
+            "conduits_too_wide": sorted(x for ids in too_wide for x in ids),
+        },
     )
+
+
+def _bands(layout: CityLayout, water: pd.DataFrame | None) -> np.ndarray:
+    """(left, right) edges of the band each street edge leaves the sewers, (m, 2)."""
+    s = layout.streets
+    cls = np.asarray(s.street_class).astype(str)
+    half = np.asarray(s.width, dtype=float) / 2
+    heating = cooling_edges(layout)
+    water_outer = _widest_water(layout, water)
+    band = np.array(
+        [
+            drainage_band(c, h, heat, w)
+            for c, h, heat, w in zip(cls, half, heating, water_outer, strict=True)
+        ]
+    ).reshape(-1, 2)
+    # the lines of the next edge along the street reach a few m past the corner node: its band
+    # holds there too
+    line = street_lines(s).edge_line
+    ends = pd.DataFrame(
+        {
+            "node": s.edges.ravel(),
+            "line": np.repeat(line, 2),
+            "left": np.repeat(band[:, 0], 2),
+            "right": np.repeat(band[:, 1], 2),
+        }
+    )
+    at = ends.groupby(["node", "line"]).agg(left=("left", "max"), right=("right", "min"))
+    both = at.reindex(pd.MultiIndex.from_arrays([ends["node"], ends["line"]]))
+    left = both["left"].to_numpy().reshape(-1, 2).max(axis=1)
+    right = both["right"].to_numpy().reshape(-1, 2).min(axis=1)
+    return np.column_stack([left, right])
+
+
+def _edge_offsets(band: np.ndarray, widths: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Offsets of the sewers along every street edge: the storm sewer at its nominal offset
+    where the band has room, the foul sewer ``SEWER_GAP`` beside it; where that overflows the
+    band, both as near the water main as its clearance allows; a combined sewer beside the
+    water main."""
+    left, right = band[:, 0], band[:, 1]
+    zero = np.zeros(len(band))
+    storm_w, sewer_w = widths.get("storm", zero), widths.get("sewer", zero)
+    storm = np.minimum(NOMINAL["storm"], right - storm_w / 2)
+    sewer = np.minimum(NOMINAL["sewer"], storm - storm_w / 2 - SEWER_GAP - sewer_w / 2)
+    tight = sewer - sewer_w / 2 < left
+    storm = np.where(tight, right - storm_w / 2, storm)
+    sewer = np.where(tight, storm - storm_w / 2 - SEWER_GAP - sewer_w / 2, sewer)
+    sewer = np.where(storm_w > 0, sewer, np.minimum(NOMINAL["sewer"], right - sewer_w / 2))
+    out = {"storm": storm, "sewer": sewer}
+    if "combined" in widths:
+        out["combined"] = np.minimum(NOMINAL["combined"], right - widths["combined"] / 2)
+    return {k: v for k, v in out.items() if k in widths}
+
+
+def _shifted(streets, offset: np.ndarray, network: str) -> np.ndarray:
+    """Street nodes moved by the sewers' offsets: each node by the smallest offset of its
+    east-west edges in y and of its north-south edges in x (a pipe between two manholes may
+    then run a little askew to its street, every point of it inside the band)."""
+    n = len(streets.nodes)
+    a, b = streets.nodes[streets.edges[:, 0]], streets.nodes[streets.edges[:, 1]]
+    ew = np.abs(b[:, 1] - a[:, 1]) <= np.abs(b[:, 0] - a[:, 0])
+    dy, dx = np.full(n, np.inf), np.full(n, np.inf)
+    for end in (0, 1):
+        np.minimum.at(dy, streets.edges[ew, end], offset[ew])
+        np.minimum.at(dx, streets.edges[~ew, end], offset[~ew])
+    nominal = corridor_nodes(streets, network) - streets.nodes
+    dx = np.where(np.isinf(dx), np.where(np.isinf(dy), nominal[:, 0], dy), dx)
+    dy = np.where(np.isinf(dy), dx, dy)
+    return streets.nodes + np.column_stack([dx, dy])
+
+
+def _widest_water(layout: CityLayout, water: pd.DataFrame | None) -> np.ndarray:
+    """The widest water main along each street edge (m; 0.3 where the water is not known)."""
+    streets = layout.streets.lines()
+    if water is None:
+        return np.full(len(streets), 0.3)
+    pipes = water[(water["class"] == "pipe") & water["depth"].notna()]
+    geoms = pipes.geometry.to_numpy()
+    i, j = shapely.STRtree(streets).query_nearest(
+        shapely.line_interpolate_point(geoms, 0.5, normalized=True), all_matches=False
+    )
+    a = shapely.get_coordinates(shapely.get_point(geoms[i], 0))
+    b = shapely.get_coordinates(shapely.get_point(geoms[i], -1))
+    s = shapely.get_coordinates(shapely.boundary(streets[j])).reshape(-1, 2, 2)
+    u = (b - a) / np.maximum(np.linalg.norm(b - a, axis=1), 1e-9)[:, None]
+    v = (s[:, 1] - s[:, 0]) / np.linalg.norm(s[:, 1] - s[:, 0], axis=1)[:, None]
+    along = np.abs(u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]) < 0.05
+    out = np.zeros(len(streets))
+    np.maximum.at(out, j[along], pipes["diameter"].to_numpy(float)[i][along])
+    return out
+
+
+class _Obstacles:
+    """Lines that gravity pipes must pass at least ``clearance`` below where they cross them:
+    plan geometry, cover over the crown at both ends (linear between), outer height."""
+
+    def __init__(self, lines, cover0, cover1, height, clearance) -> None:
+        self.lines = lines
+        self.cover0, self.cover1, self.height = cover0, cover1, height
+        self.clearance = clearance
+        self.tree = shapely.STRtree(lines)
+
+    @classmethod
+    def water(cls, links: pd.DataFrame) -> _Obstacles:
+        pipes = links[links["depth"].notna() & links.geometry.notna()]
+        depth = pipes["depth"].to_numpy(float)
+        height = pipes["diameter"].to_numpy(float)
+        return cls(
+            pipes.geometry.to_numpy(),
+            depth,
+            depth,
+            height,
+            vertical("water_supply", "storm"),
+        )
+
+    @classmethod
+    def network(cls, net: _Network, clearance: float) -> _Obstacles:
+        k, lines, g0, g1 = net._pipes()
+        h = SEC_H[net.idx[k]]
+        return cls(lines, g0 - net.start[k] - h, g1 - net.end[k] - h, h, clearance)
 
 
 def _components(n: int, edges: np.ndarray) -> np.ndarray:
@@ -283,10 +441,15 @@ class _Network:
         street_nodes: np.ndarray,
         edges: np.ndarray,
         bank_dist: np.ndarray,
+        xy: np.ndarray | None = None,
     ) -> None:
         self.name, self.layout = name, layout
         self.street = street_nodes
-        self.xy = corridor_nodes(layout.streets, name)[street_nodes]
+        # the tree and the catchments follow the nominal corridor, whatever the street line's
+        # offset: they don't change when the pipes' sizes move the sewers across the street
+        self.plan_xy = corridor_nodes(layout.streets, name)[street_nodes]
+        self.plan_ground = layout.terrain.sample(self.plan_xy)
+        self.xy = self.plan_xy if xy is None else xy[street_nodes]
         self.ground = layout.terrain.sample(self.xy)
         m = len(street_nodes)
         self.cover = np.full(m, cover_depth(name))  # minimum cover over the crowns, per node
@@ -306,14 +469,15 @@ class _Network:
         m = len(self.xy)
         labels = _components(m, self.edges)
         cx, cy = shapely.get_coordinates(river.centerline).T
-        self.side = np.where(self.xy[:, 1] > np.interp(self.xy[:, 0], cx, cy), 1, -1)
-        along = shapely.line_locate_point(river.centerline, shapely.points(self.xy))
+        xy, ground = self.plan_xy, self.plan_ground
+        self.side = np.where(xy[:, 1] > np.interp(xy[:, 0], cx, cy), 1, -1)
+        along = shapely.line_locate_point(river.centerline, shapely.points(xy))
         frame = pd.DataFrame(
             {
                 "label": labels,
                 "side": self.side,
                 "bin": (along // SINK_SPACING[self.name]).astype(int),
-                "score": self.ground + 0.005 * self.bank_dist,
+                "score": ground + 0.005 * self.bank_dist,
                 "dist": self.bank_dist,
             }
         )
@@ -325,8 +489,8 @@ class _Network:
         self.sinks = np.array(sorted(sinks))
 
         a, b = self.edges[:, 0], self.edges[:, 1]
-        length = np.linalg.norm(self.xy[a] - self.xy[b], axis=1)
-        g = self.ground
+        length = np.linalg.norm(xy[a] - xy[b], axis=1)
+        g = ground
         # Dijkstra runs from the sinks upstream: stepping a -> b means water flowing b -> a
         rows = np.concatenate([a, b])
         cols = np.concatenate([b, a])
@@ -358,13 +522,13 @@ class _Network:
     def outlet_nodes(self, xy: np.ndarray, ground_first: bool) -> np.ndarray:
         """The node each point drains to: its lowest corner within 110 m (blocks) or the
         nearest node (buildings)."""
-        tree = cKDTree(self.xy)
+        tree = cKDTree(self.plan_xy)
         if not ground_first:
             return tree.query(xy)[1]
-        k = min(4, len(self.xy))
+        k = min(4, len(self.plan_xy))
         dist, idx = tree.query(xy, k=k)
         dist, idx = dist.reshape(len(xy), k), idx.reshape(len(xy), k)
-        level = np.where(dist <= 110.0, self.ground[idx], np.inf)
+        level = np.where(dist <= 110.0, self.plan_ground[idx], np.inf)
         best = idx[np.arange(len(xy)), np.argmin(level, axis=1)]
         return np.where(np.isinf(level.min(axis=1)), idx[:, 0], best)
 
@@ -427,45 +591,87 @@ class _Network:
         g0 = np.where(lift, self.dc_ground[k], self.ground[k])
         return k, lines, g0, self.ground[self.parent[k]]
 
-    def _crossings(self, above: _Network) -> tuple[np.ndarray, np.ndarray]:
-        """(pipe of mine, pipe of ``above``) node indices of every crossing, with the depths
-        below ground of (my crown, my invert, its crown, its invert) there, (n, 4)."""
+    def _crossings(self, other: _Obstacles) -> tuple[np.ndarray, np.ndarray]:
+        """(pipe of mine) node index of every crossing with ``other``'s lines, with the depths
+        below ground of (my crown, my invert, its crown, its underside) there, (n, 4)."""
         k, lines, g0, g1 = self._pipes()
-        ka, pipes, a0, a1 = above._pipes()
-        i, j = shapely.STRtree(pipes).query(lines, predicate="intersects")
+        i, j = other.tree.query(lines, predicate="intersects")
         at = shapely.points(
             shapely.get_coordinates(
-                shapely.get_geometry(shapely.intersection(lines[i], pipes[j]), 0)
+                shapely.get_geometry(shapely.intersection(lines[i], other.lines[j]), 0)
             )
         )
-
-        def depths(net, n, line, h0, h1):
-            t = shapely.line_locate_point(line, at, normalized=True)
-            invert = h0 + t * (h1 - h0) - (net.start[n] + t * (net.end[n] - net.start[n]))
-            return invert - SEC_H[net.idx[n]], invert
-
-        mine = depths(self, k[i], lines[i], g0[i], g1[i])
-        theirs = depths(above, ka[j], pipes[j], a0[j], a1[j])
-        return k[i], np.column_stack([*mine, *theirs])
+        t = shapely.line_locate_point(lines[i], at, normalized=True)
+        n = k[i]
+        invert = g0[i] + t * (g1[i] - g0[i]) - (self.start[n] + t * (self.end[n] - self.start[n]))
+        t = shapely.line_locate_point(other.lines[j], at, normalized=True)
+        crown = other.cover0[j] + t * (other.cover1[j] - other.cover0[j])
+        return n, np.column_stack(
+            [invert - SEC_H[self.idx[n]], invert, crown, crown + other.height[j]]
+        )
 
     def design_clear_of(
-        self, above: _Network, clearance: float, formula: StormFormula, period: float
+        self, others: list[_Obstacles], formula: StormFormula, period: float
     ) -> None:
-        """Design the network, then wherever one of its pipes crosses one of ``above``'s
-        (designed already) with less than ``clearance`` above or below it, deepen the minimum
-        cover at both ends of the pipe to pass below (the crown's cover, linear along a pipe,
-        is then deep enough at the crossing) and design again, until every crossing is clear."""
-        for _ in range(20):
+        """Design the network, then wherever one of its pipes crosses a line of ``others``
+        with less than that line's clearance above or below it, deepen the minimum cover at
+        both ends of the pipe to pass below (the crown's cover, linear along a pipe, is then
+        deep enough at the crossing) and design again, until every crossing is clear."""
+        for _ in range(30):
             self.design(formula, period)
-            k, d = self._crossings(above)
-            crown, invert, their_crown, their_invert = d.T
-            bad = (crown < their_invert + clearance) & (invert > their_crown - clearance)
-            if not bad.any():
+            clear = True
+            for other in others:
+                k, d = self._crossings(other)
+                crown, invert, their_crown, their_under = d.T
+                gap = other.clearance
+                bad = (crown < their_under + gap - 1e-6) & (invert > their_crown - gap)
+                if not bad.any():
+                    continue
+                clear = False
+                need = np.ceil((their_under[bad] + gap) * 1000) / 1000 + 0.002
+                np.maximum.at(self.cover, k[bad], need)
+                np.maximum.at(self.cover, self.parent[k[bad]], need)
+            if clear:
                 return
-            need = np.ceil((their_invert[bad] + clearance) * 1000) / 1000 + 0.001
-            np.maximum.at(self.cover, k[bad], need)
-            np.maximum.at(self.cover, self.parent[k[bad]], need)
-        raise RuntimeError(f"{self.name}: crossings with {above.name} still too close")
+        raise RuntimeError(f"{self.name}: crossings still too close")
+
+    def too_wide(self, band: np.ndarray) -> list[str]:
+        """Feature ids of the conduits that reach out of their street's band, (left, right)
+        per street edge: where the street is too narrow for them beside the other lines."""
+        k = np.flatnonzero(~self.is_sink & ~self.force & (self.parent >= 0))
+        if not len(k):
+            return []
+        sec = SECTIONS.iloc[self.idx[k]]
+        half = (sec["width"] * sec["barrels"]).to_numpy(float) / 2
+        nodes = self.layout.streets.nodes
+        a, b = self.street[k], self.street[self.parent[k]]
+        edges = self.layout.streets.edges
+        key = pd.MultiIndex.from_arrays([edges.min(axis=1), edges.max(axis=1)])
+        e = key.get_indexer(pd.MultiIndex.from_arrays([np.minimum(a, b), np.maximum(a, b)]))
+        ew = np.abs(nodes[b, 1] - nodes[a, 1]) <= np.abs(nodes[b, 0] - nodes[a, 0])
+        axis = np.where(ew, 1, 0)
+        rows = np.arange(len(k))
+        off_a = (self.xy[k] - nodes[a])[rows, axis]
+        off_b = (self.xy[self.parent[k]] - nodes[b])[rows, axis]
+        out = (np.minimum(off_a, off_b) - half < band[e, 0] - 1e-6) | (
+            np.maximum(off_a, off_b) + half > band[e, 1] + 1e-6
+        )
+        return [f"{PREFIXES[self.name]}C{x:06d}" for x in self.street[k[out]]]
+
+    def edge_widths(self) -> np.ndarray:
+        """The widest pipe (m, all barrels) along each street edge."""
+        edges = self.layout.streets.edges
+        out = np.zeros(len(edges))
+        k = np.flatnonzero(~self.is_sink & ~self.force & (self.parent >= 0))
+        if not len(k):
+            return out
+        sec = SECTIONS.iloc[self.idx[k]]
+        width = (sec["width"] * sec["barrels"]).to_numpy(float)
+        a, b = self.street[k], self.street[self.parent[k]]
+        key = pd.MultiIndex.from_arrays([edges.min(axis=1), edges.max(axis=1)])
+        at = key.get_indexer(pd.MultiIndex.from_arrays([np.minimum(a, b), np.maximum(a, b)]))
+        np.maximum.at(out, at, width)
+        return out
 
     # sizes and levels
     def design(self, formula: StormFormula, period: float) -> None:
@@ -1054,6 +1260,13 @@ def drainage_bundle(layout: CityLayout, plan: DrainagePlan) -> ImportBundle:
             )
         (doc,) = part.documents.values()
         bundle.documents[f"network/{name}"] = doc
+    bundle.documents["synth/clearance_shortfalls"] = {
+        "conduits_too_wide": plan.notes.get("conduits_too_wide", []),
+        "why": (
+            "sewers (box culverts) wider than the band their street leaves beside the water, "
+            "gas, power and cooling lines: they break horizontal clearances there"
+        ),
+    }
     stations = _stations(plan)
     if len(stations):
         bundle.add(

@@ -2,19 +2,22 @@
 
 Everything runs under the streets in the corridors of ``citytwin.synth.corridors`` (each
 network's nodes at ``corridor_nodes``), at a depth of cover that is the network's level in
-the corridors' common vertical order (``cover_depth``), so that lines of
-different networks crossing at street corners keep GB 50289's vertical clearances
-(``LAID_COVER``: telecom ducts on top, then the 10 kV cables, then gas, then district cooling,
-with the water mains and the gravity sewers below them). Pressure utilities follow the ground at
-constant cover, so a line's crown is ``ground − depth`` all along it.
+the corridors' common vertical order (``cover_depth``), so that lines of different networks
+crossing at street corners keep the virtual city's vertical clearances (``LAID_COVER``: telecom
+ducts on top, then the 10 kV cables, then gas, then district cooling, with the water mains and
+the gravity sewers below them). Pressure utilities follow the ground at constant cover, so a
+line's crown is ``ground − depth`` all along it; where two lines of one network cross without
+a joint (a regulator station's pipes across the mains, the cooling return across the supply),
+one passes over the other, or under it, over a short piece (``_pass_below``; the piece's
+``props["passes"]`` says which).
 
 - **Gas** (``gas:``): a city gate at the west edge feeds a looped medium-pressure (0.4 MPa) PE
   network under the arterials and secondaries (steel on bridges). District regulator stations
   (the layout's ``gas_regulator_station`` facilities, each reached by a medium-pressure supply
   main) and regulator cabinets feed low-pressure networks under the local streets: every local
-  area between medium-pressure streets has a feed (a station whose corner has no local street
-  reaches the next corner's through an outlet pipe beside the medium-pressure main), and its
-  mains stop 6 m short of the medium-pressure mains. Every building except industrial sheds
+  area between medium-pressure streets has a feed (a station feeds a local street at its
+  corner where there is one, a cabinet the others), and its mains stop 6 m short of the
+  medium-pressure mains. Every building except industrial sheds
   (whose process gas is a separate contract, not modelled) has a service pipe from the nearest
   main; a service from a medium-pressure main ends at a building regulator box.
 - **Power** (``pw:``): 10 kV radial feeders from the layout's substations along a shortest-path
@@ -32,16 +35,20 @@ constant cover, so a line's crown is ``ground − depth`` all along it.
   every CBD building. Where a seed has no CBD blocks there is none (see ``UtilityPlan.notes``).
 
 A few clearance violations are seeded on purpose (``synth/clearance_violations`` in the bundle's
-documents); everything else complies with ``CLEARANCE_RULES``. Links carry ``props``: ``role``
+documents), each checked with the clearance engine (``citytwin.networks.clearance``) against
+the virtual city's rules (``citytwin.synth.corridors.rules``); everything else complies with
+them. Links carry ``props``: ``role``
 (``main``, ``feeder``, ``tie``, ``duct``: along a corridor, ``street`` naming the street;
 ``service``, ``tap``, ``station``: connections), ``outer_diameter`` (m), ``on_bridge`` where a
-line hangs on a bridge deck over the river (its ``depth`` is that of the buried approaches).
+line hangs on a bridge deck over the river (its ``depth`` is that of the buried approaches),
+``installation`` (conduit, duct, direct_buried: what the clearance rules distinguish).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -53,75 +60,16 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
 from citytwin.formats.base import ImportBundle
-from citytwin.synth.corridors import corridor_nodes, cover_depth
+from citytwin.networks.clearance import check_clearances
+from citytwin.synth.corridors import (
+    HEATING_HALF_SPACING,
+    cooling_edges,
+    corridor_nodes,
+    cover_depth,
+    rules,
+    vertical,
+)
 from citytwin.synth.layout import CRS, CityLayout
-
-CLEARANCE_RULES: dict[tuple[str, str], tuple[float | None, float | None]] = {
-    # (a, b) in alphabetical order: (minimum horizontal clear distance, minimum vertical clear
-    # distance at a crossing), in m, outer wall to outer wall. "building" is a building's
-    # foundation (horizontal only).
-    ("building", "combined"): (2.5, None),
-    ("building", "gas"): (1.5, None),
-    ("building", "heating"): (3.0, None),
-    ("building", "power"): (0.6, None),
-    ("building", "sewer"): (2.5, None),
-    ("building", "storm"): (2.5, None),
-    ("building", "telecom"): (1.5, None),
-    ("building", "water_supply"): (1.0, None),
-    ("combined", "gas"): (1.2, 0.15),
-    ("combined", "heating"): (1.5, 0.15),
-    ("combined", "power"): (0.5, 0.25),
-    ("combined", "telecom"): (1.0, 0.15),
-    ("combined", "water_supply"): (1.0, 0.40),
-    ("gas", "heating"): (1.0, 0.15),
-    ("gas", "power"): (1.0, 0.15),
-    ("gas", "sewer"): (1.2, 0.15),
-    ("gas", "storm"): (1.2, 0.15),
-    ("gas", "telecom"): (1.0, 0.15),
-    ("gas", "water_supply"): (0.5, 0.15),
-    ("heating", "power"): (2.0, 0.25),
-    ("heating", "sewer"): (1.5, 0.15),
-    ("heating", "storm"): (1.5, 0.15),
-    ("heating", "telecom"): (1.0, 0.25),
-    ("heating", "water_supply"): (1.5, 0.15),
-    ("power", "sewer"): (0.5, 0.25),
-    ("power", "storm"): (0.5, 0.25),
-    ("power", "telecom"): (0.5, 0.25),
-    ("power", "water_supply"): (0.5, 0.25),
-    ("sewer", "storm"): (None, 0.15),
-    ("sewer", "telecom"): (1.0, 0.15),
-    ("sewer", "water_supply"): (1.0, 0.40),
-    ("storm", "telecom"): (1.0, 0.15),
-    ("storm", "water_supply"): (1.0, 0.40),
-    ("telecom", "water_supply"): (1.0, 0.15),
-}
-"""Minimum clearances between utility networks (and buildings), after GB 50289-2016
-(code for urban utility pipeline planning) table 4.1.9 (horizontal) and table 4.1.14
-(vertical), for the way the lines are laid here: gas mains medium-pressure A (<= 0.4 MPa;
-low-pressure mains are held to the same values), 10 kV and 0.4 kV cables in protective
-conduits, telecom in duct banks, heating/cooling pipes direct-buried, water mains <= DN200.
-
-Values from memory of the standard, to be checked against the text before relying on them:
-building–water 1.0 (3.0 above DN200); water–sewer 1.0 (1.5 above DN200); building–gas 1.5
-(low pressure 0.7, medium B 1.0); gas–power and gas–telecom 1.0 (0.5 when direct-buried;
-vertical 0.5 for direct-buried telecom); heating–power 2.0; building–telecom 1.5 for ducts;
-all vertical values for cables in conduit (0.25; 0.15 against gas). The standard gives no
-horizontal distance between foul and storm sewers (None). Same-network clearances are not
-listed.
-
-Scope, as a checker should apply it (``find_clearance_violations`` does): horizontal
-clearances between *parallel* corridor lines of different networks that do not cross (links
-whose ``props["role"]`` is ``main``, ``feeder``, ``tie`` or ``duct``: the water mains along the
-streets and the sewer conduits carry ``main`` too; lines within 10° of each other, not those of
-crossing streets that pass near each other at a corner) and between corridor lines and
-buildings; vertical clearances at every crossing of links of different networks (services,
-taps and station pipes included), from each link's ``depth`` (cover over the crown; for a
-gravity conduit the cover at the crossing, interpolated between its ends from its nodes'
-``cover_level`` and its ``invert_from``/``invert_to``) and ``props["outer_diameter"]`` (else
-``diameter``). Links without a depth (pumps, rising mains) are left out. Service connections
-inside the plots are outside GB 50289's horizontal rules (it plans the public street
-corridors).
-"""
 
 CORRIDOR_ROLES = ("main", "feeder", "tie", "duct")
 """Link roles (``props["role"]``) of the lines laid along the street corridors."""
@@ -132,8 +80,8 @@ common vertical order of ``citytwin.synth.corridors`` (telecom ducts, 10 kV cond
 district cooling, all above the water mains and the gravity sewers), so that crossings keep
 table 4.1.14's clearances."""
 
-HEATING_HALF_SPACING = 0.18
-"""Supply and return cooling pipes lie this far either side of the heating corridor (m)."""
+INSTALLATION = {"power": "conduit", "telecom": "duct", "heating": "direct_buried"}
+"""How each network's lines are laid (the ``installation`` the clearance rules distinguish)."""
 
 LOAD_VA_PER_M2 = {
     "residential": 35.0,
@@ -179,117 +127,6 @@ class UtilityPlan:
         return out
 
 
-def clearance_rule(a: str, b: str) -> tuple[float | None, float | None]:
-    """(horizontal, vertical) minimum clearance between networks ``a`` and ``b`` (or
-    ``"building"``); ``(None, None)`` where ``CLEARANCE_RULES`` has none."""
-    return CLEARANCE_RULES.get((min(a, b), max(a, b)), (None, None))
-
-
-PARALLEL_SINE = math.sin(math.radians(10.0))
-"""Corridor lines within 10° of each other (start to end) run in parallel: the horizontal rules
-apply to them, not to lines of crossing streets that pass near each other at a corner."""
-
-GRAVITY_NETWORKS = ("sewer", "storm", "combined")
-"""Networks whose conduits fall between their inverts: their cover varies along a link."""
-
-
-def find_clearance_violations(
-    nodes: pd.DataFrame, links: gpd.GeoDataFrame, buildings: gpd.GeoDataFrame | None = None
-) -> list[dict[str, Any]]:
-    """Every ``CLEARANCE_RULES`` violation among ``links`` (model frames of any networks) and
-    against ``buildings``, with the scope of the rules' docstring: vertical at every crossing
-    of links of different networks, horizontal between corridor lines of different networks
-    that do not cross, and between corridor lines and buildings. Outer diameters are
-    ``props["outer_diameter"]`` or else ``diameter``; a gravity conduit's cover at a crossing
-    is interpolated between its ends (ground from its nodes' ``cover_level``, crown from its
-    inverts). Links without a depth (pumps) are left out. Returns one dict per violating
-    pair: kind (vertical / horizontal / building), feature_ids, networks, actual_m (clear
-    distance), required_m and location (x, y)."""
-    links = links[links["depth"].notna()]
-    geoms = links.geometry.to_numpy()
-    ids = links["id"].to_numpy(object)
-    net = links["network"].to_numpy(object)
-    depth = links["depth"].to_numpy(float)
-    props = links["props"].to_numpy(object)
-    outer = np.array(
-        [p.get("outer_diameter", np.nan) if isinstance(p, dict) else np.nan for p in props]
-    )
-    outer = np.where(np.isnan(outer), links["diameter"].to_numpy(float), outer)
-    role = [p.get("role") if isinstance(p, dict) else None for p in props]
-    corridor = np.isin(np.array(role, dtype=object), CORRIDOR_ROLES)
-    # covers at both ends of the gravity conduits
-    ground = nodes.drop_duplicates("id").set_index("id")["cover_level"]
-    gravity = np.isin(net, GRAVITY_NETWORKS) & links["invert_from"].notna().to_numpy()
-    height = links["diameter"].to_numpy(float)
-    d0 = ground.reindex(links["from_node"]).to_numpy(float) - links["invert_from"].to_numpy(float)
-    d1 = ground.reindex(links["to_node"]).to_numpy(float) - links["invert_to"].to_numpy(float)
-    gravity &= ~np.isnan(d0) & ~np.isnan(d1)
-    d0, d1 = d0 - height, d1 - height
-
-    def cover_at(i: np.ndarray, at: np.ndarray) -> np.ndarray:
-        t = shapely.line_locate_point(geoms[i], shapely.points(at), normalized=True)
-        return np.where(gravity[i], d0[i] + t * (d1[i] - d0[i]), depth[i])
-
-    found: list[dict[str, Any]] = []
-
-    def record(kind, i, other, other_net, clear, required, at) -> None:
-        found.append(
-            {
-                "kind": kind,
-                "feature_ids": [str(ids[i]), str(other)],
-                "networks": [str(net[i]), str(other_net)],
-                "actual_m": round(float(clear), 3),
-                "required_m": required,
-                "location": [round(float(at[0]), 2), round(float(at[1]), 2)],
-            }
-        )
-
-    tree = shapely.STRtree(geoms)
-    a, b = tree.query(geoms, predicate="intersects")
-    keep = (a < b) & (net[a] != net[b])
-    a, b = a[keep], b[keep]
-    crossing = set(zip(a.tolist(), b.tolist(), strict=True))
-    xy, which = shapely.get_coordinates(shapely.intersection(geoms[a], geoms[b]), return_index=True)
-    first = np.unique(which, return_index=True)[1]  # the first point where a pair meets
-    a, b, at = a[which[first]], b[which[first]], xy[first]
-    if len(a):
-        da, db = cover_at(a, at), cover_at(b, at)
-        clear = np.maximum(db - da - outer[a], da - db - outer[b])
-        for i, j, x, p in zip(a, b, clear, at, strict=True):
-            vertical = clearance_rule(net[i], net[j])[1]
-            if vertical is not None and x < vertical - 1e-9:
-                record("vertical", i, ids[j], net[j], x, vertical, p)
-    c = np.flatnonzero(corridor)
-    a, b = tree.query(geoms[c], predicate="dwithin", distance=5.0)
-    a = c[a]
-    keep = (a < b) & corridor[b] & (net[a] != net[b])
-    keep &= np.array([(i, j) not in crossing for i, j in zip(a, b, strict=True)], dtype=bool)
-    ends = np.stack([shapely.get_point(geoms, 0), shapely.get_point(geoms, -1)], axis=1)
-    run = np.diff(shapely.get_coordinates(ends.ravel()).reshape(-1, 2, 2), axis=1)[:, 0]
-    run /= np.maximum(np.linalg.norm(run, axis=1), 1e-9)[:, None]
-    keep &= np.abs(run[a, 0] * run[b, 1] - run[a, 1] * run[b, 0]) < PARALLEL_SINE
-    a, b = a[keep], b[keep]
-    clear = shapely.distance(geoms[a], geoms[b]) - (outer[a] + outer[b]) / 2
-    for i, j, x in zip(a, b, clear, strict=True):
-        horizontal = clearance_rule(net[i], net[j])[0]
-        if horizontal is not None and x < horizontal - 1e-9:
-            mid = shapely.get_coordinates(shapely.shortest_line(geoms[i], geoms[j])).mean(axis=0)
-            record("horizontal", i, ids[j], net[j], x, horizontal, mid)
-    if buildings is None or not len(c):
-        return found
-    bgeom = buildings.geometry.to_numpy()
-    bid = buildings["id"].to_numpy(object)
-    a, k = shapely.STRtree(bgeom).query(geoms[c], predicate="dwithin", distance=5.0)
-    a = c[a]
-    clear = shapely.distance(geoms[a], bgeom[k]) - outer[a] / 2
-    for i, j, x in zip(a, k, clear, strict=True):
-        horizontal = clearance_rule(net[i], "building")[0]
-        if horizontal is not None and x < horizontal - 1e-9:
-            mid = shapely.get_coordinates(shapely.shortest_line(geoms[i], bgeom[j])).mean(axis=0)
-            record("building", i, bid[j], "building", x, horizontal, mid)
-    return found
-
-
 def plan_utilities(layout: CityLayout, seed: int) -> UtilityPlan:
     """Lay gas, power, telecom and district cooling under ``layout``'s streets, serve its
     buildings, and seed a few clearance violations (deterministic from ``seed``)."""
@@ -307,7 +144,9 @@ def plan_utilities(layout: CityLayout, seed: int) -> UtilityPlan:
         )
     nodes = pd.concat([n for n, _ in nets], ignore_index=True)
     links = pd.concat([lk for _, lk in nets], ignore_index=True)
-    links, violations = _seed_violations(c, links, rng)
+    links["installation"] = links["network"].map(INSTALLATION)
+    nodes, links = _pass_below(c, nodes, links)
+    links, violations = _seed_violations(c, nodes, links, rng)
     nodes_frame, links_frame = _frames(c, nodes, links)
     return UtilityPlan(nodes_frame, links_frame, violations, notes)
 
@@ -320,8 +159,10 @@ def utilities_bundle(layout: CityLayout, plan: UtilityPlan) -> ImportBundle:
     )
     bundle.add("utility_nodes", plan.nodes)
     bundle.add("utility_links", plan.links)
+    table = rules()
     bundle.documents["synth/clearance_violations"] = {
-        "standard": "GB 50289-2016 tables 4.1.9 and 4.1.14",
+        "rules": table.name,
+        "rule_files": [Path(f).name for f in table.files],
         "violations": plan.violations,
     }
     bundle.documents["synth/utilities"] = {"notes": plan.notes}
@@ -546,21 +387,8 @@ def _gas(c: _Ctx, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]
     touching = lp & (edge_mp >= 0)
 
     feed = np.full(len(c.a), -2)  # -2 none, -1 cabinet, k >= 0 station k
-    via: dict[int, tuple[int, int]] = {}  # station -> (medium-pressure street, next corner)
-    kerb = cor - c.xy  # from the centre line towards the gas corridor
-    for k, v in enumerate(fnode):
+    for k, v in enumerate(fnode):  # a station feeds a local street at its corner, if any
         cand = np.flatnonzero(touching & (edge_mp == v) & (feed == -2))
-        if len(cand) == 0:  # its corner has no local street: go on to the next corner that has
-            for e_mp in np.flatnonzero(mp_all & ((c.a == v) | (c.b == v))):
-                u = c.b[e_mp] if c.a[e_mp] == v else c.a[e_mp]
-                cu = np.flatnonzero(touching & (edge_mp == u) & (feed == -2))
-                if len(cu):
-                    side = (c.xy[edge_end[cu]] - c.xy[u]) @ (
-                        kerb[u] - c.u[e_mp] * (kerb[u] @ c.u[e_mp])
-                    )
-                    cand = cu[np.argsort(-side)][:1]  # a local street on the kerb side first
-                    via[k] = (int(e_mp), int(u))
-                    break
         if len(cand):
             _, first = np.unique(edge_area[cand], return_index=True)
             feed[cand[first]] = k
@@ -704,15 +532,7 @@ def _gas(c: _Ctx, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]
             p1.append(lp_xy.loc[t].to_numpy())
             pclass.append("low")
             ids.append(f"gas:SO{k:03d}-{j}")
-            path = None
-            if k in via:  # beside the medium-pressure main, 0.8 m towards the kerb
-                e_mp, u = via[k]
-                d = (c.xy[u] - c.xy[v]) / c.length[e_mp]
-                off = kerb[u] - d * (kerb[u] @ d)
-                off *= 0.8 / np.linalg.norm(off)
-                turn = cor[u] + off - (0.0 if (p1[-1] - cor[u]) @ off > 0 else 1.0) * d
-                path = np.array([fxy[k], cor[v] + off + 2.0 * d, turn, p1[-1]])
-            paths.append(path)
+            paths.append(None)
     stations = pd.DataFrame(
         {
             "id": ids,
@@ -817,7 +637,12 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
     side = np.sign(rel[:, 1] * c.u[edge, 0] - rel[:, 0] * c.u[edge, 1])
     normal = np.column_stack([-c.u[edge, 1], c.u[edge, 0]]) * side[:, None]
-    txy = c.xy[c.a[edge]] + c.u[edge] * along[:, None] + normal * (c.half[edge] + 0.3)[:, None]
+    # on the cables' side of the street under their line, on the far side 0.3 m past the kerb
+    far = normal.sum(axis=1) > 0  # the positive side (north of east-west streets, east)
+    shift = cor[c.a[edge]] - c.xy[c.a[edge]]
+    line_off = np.where(np.abs(c.u[edge, 0]) > 0.5, shift[:, 1], shift[:, 0])
+    kerb = np.where(far, c.half[edge] + 0.3, -line_off)
+    txy = c.xy[c.a[edge]] + c.u[edge] * along[:, None] + normal * kerb[:, None]
     start = cor[c.a[edge]]
     tap_xy = start + c.u[edge] * np.einsum("ij,ij->i", txy - start, c.u[edge])[:, None]
 
@@ -1117,12 +942,7 @@ def _telecom(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _cooling(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     blocks = c.layout.blocks
     cbd = blocks[blocks["land_use"] == "cbd"].geometry.to_numpy()
-    if len(cbd) == 0:
-        return None
-    zone = shapely.union_all(shapely.buffer(cbd, 18.0))
-    along = shapely.length(shapely.intersection(c.lines, zone))
-    on = (along >= 0.5 * c.length) & ~c.bridge
-    e = np.flatnonzero(on)
+    e = np.flatnonzero(cooling_edges(c.layout))
     if len(e) == 0:
         return None
     g = sparse.coo_matrix((np.ones(len(e)), (c.a[e], c.b[e])), shape=(c.n, c.n))
@@ -1260,51 +1080,159 @@ def _cooling(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     return pd.concat(node_frames, ignore_index=True), links
 
 
-# -- seeded clearance violations -------------------------------------------------------------
-class _Clearances:
-    """Clearance conflicts of one candidate line against every other network's links and the
-    buildings (how the seeding checks that a violation it places is the only one there)."""
+# -- the clearance check, same-network crossings, seeded violations -------------------------
+_REACH = 6.0  # m around a line within which a change of it may break a clearance
 
-    def __init__(self, c: _Ctx, links: pd.DataFrame) -> None:
+
+def _engine_lines(nodes: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """The links as the clearance engine's line table (``citytwin.networks.clearance``)."""
+    svc = set(nodes.loc[nodes["class"] == "service_connection", "id"])
+    table = rules()
+    net = links["network"].to_numpy(object)
+    pclass = (
+        links["pressure_class"].to_numpy(object)
+        if "pressure_class" in links
+        else np.full(len(links), None)
+    )
+    cls = [
+        table.classify(n, p if n == "gas" else INSTALLATION.get(n))
+        for n, p in zip(net, pclass, strict=True)
+    ]
+    depth = links["depth"].to_numpy(float)
+    outer = links["outer"].to_numpy(float)
+    return pd.DataFrame(
+        {
+            "id": links["id"].to_numpy(object),
+            "network": net,
+            "cls": cls,
+            "geometry": links["geometry"].to_numpy(),
+            "width": outer,
+            "height": outer,
+            "cover_from": depth,
+            "cover_to": depth,
+            "from_node": links["from_node"].to_numpy(object),
+            "to_node": links["to_node"].to_numpy(object),
+            "service": (links["from_node"].isin(svc) | links["to_node"].isin(svc)).to_numpy(),
+        }
+    )
+
+
+class _Check:
+    """Clearance conflicts of one line, laid anew, against the other lines and the buildings
+    around it: the clearance engine on the neighbourhood."""
+
+    def __init__(self, c: _Ctx, nodes: pd.DataFrame, links: pd.DataFrame) -> None:
         self.c = c
-        self.geoms = links["geometry"].to_numpy()
-        self.ids = links["id"].to_numpy(object)
-        self.net = links["network"].to_numpy(object)
-        self.depth = links["depth"].to_numpy(float).copy()
-        self.outer = links["outer"].to_numpy(float)
-        self.corridor = links["role"].isin(CORRIDOR_ROLES).to_numpy()
-        self.tree = shapely.STRtree(self.geoms)
+        self.lines = _engine_lines(nodes, links)
+        self.tree = shapely.STRtree(self.lines["geometry"].to_numpy())
+        self.buildings = c.layout.buildings[["id", "geometry"]]
 
-    def conflicts(
-        self, geom: shapely.Geometry, net: str, depth: float, outer: float, corridor: bool
-    ) -> list[tuple[str, str, float, np.ndarray]]:
-        """(kind, other feature id, clear distance, location) of every violated rule."""
-        out = []
-        hit = self.tree.query(geom, predicate="intersects")
-        hit = hit[self.net[hit] != net]
-        for j in hit:
-            _, vertical = clearance_rule(net, self.net[j])
-            clear = max(self.depth[j] - depth - outer, depth - self.depth[j] - self.outer[j])
-            if vertical is not None and clear < vertical:
-                at = shapely.get_coordinates(shapely.intersection(geom, self.geoms[j]))[0]
-                out.append(("vertical", self.ids[j], clear, at))
-        if not corridor:
-            return out
-        near = self.tree.query(geom, predicate="dwithin", distance=4.0)
-        near = near[self.corridor[near] & (self.net[near] != net) & ~np.isin(near, hit)]
-        for j in near:
-            horizontal, _ = clearance_rule(net, self.net[j])
-            clear = shapely.distance(geom, self.geoms[j]) - (outer + self.outer[j]) / 2
-            if horizontal is not None and clear < horizontal:
-                line = shapely.shortest_line(geom, self.geoms[j])
-                out.append(("horizontal", self.ids[j], clear, _midpoint(line)))
-        horizontal, _ = clearance_rule(net, "building")
-        for k in self.c.btree.query(geom, predicate="dwithin", distance=4.0):
-            clear = shapely.distance(geom, self.c.bgeom[k]) - outer / 2
-            if horizontal is not None and clear < horizontal:
-                line = shapely.shortest_line(geom, self.c.bgeom[k])
-                out.append(("building", self.c.bid[k], clear, _midpoint(line)))
-        return out
+    def conflicts(self, i: int, geom: shapely.Geometry, depth: float) -> pd.DataFrame:
+        """Violations line ``i`` would have laid as ``geom`` at cover ``depth``."""
+        near = np.union1d(self.tree.query(geom, predicate="dwithin", distance=_REACH), [i])
+        sub = self.lines.iloc[near].copy()
+        me = self.lines.at[i, "id"]
+        at = sub["id"] == me
+        sub.loc[at, "geometry"] = geom
+        sub.loc[at, ["cover_from", "cover_to"]] = depth
+        nearby = self.c.btree.query(geom, predicate="dwithin", distance=_REACH)
+        found = check_clearances(sub, rules(), self.buildings.iloc[nearby])
+        return found[(found["id_a"] == me) | (found["id_b"] == me)]
+
+    def update(self, i: int, geom: shapely.Geometry, depth: float) -> None:
+        self.lines.at[i, "geometry"] = geom
+        self.lines.loc[i, ["cover_from", "cover_to"]] = depth
+
+
+_DIP = 0.75  # m either side of a crossing over which a line passes over or under another
+
+
+def _pass_below(
+    c: _Ctx,
+    nodes: pd.DataFrame,
+    links: pd.DataFrame,
+    networks: tuple[str, ...] = ("gas", "heating"),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Where two lines of one network cross without a joint at the same level (a regulator
+    station's pipes across the mains, the cooling return across the supply, a building's
+    connection across the other circuit), the one that is not a main along the street (else the
+    return circuit) passes over the other, or below it where passing over would break another
+    clearance: a piece ``_DIP`` either side of the crossing, laid the vertical clearance above
+    or below the other line, between two new joints."""
+    for _ in range(4):
+        links = links.reset_index(drop=True)
+        mine = links["network"].isin(networks).to_numpy()
+        found = check_clearances(_engine_lines(nodes, links[mine]), rules())
+        found = found[(found["kind"] == "vertical") & (found["network_a"] == found["network_b"])]
+        if found.empty:
+            return nodes, links
+        check = _Check(c, nodes, links)
+        index = pd.Index(links["id"])
+        role = links["role"].to_numpy(object)
+        circuit = (
+            links["circuit"].to_numpy(object) if "circuit" in links else np.full(len(links), None)
+        )
+        done: set[int] = set()
+        new_links, new_nodes, drop = [], [], []
+        for v in found.itertuples(index=False):
+            a, b = index.get_loc(v.id_a), index.get_loc(v.id_b)
+            rank = [(role[k] in CORRIDOR_ROLES, circuit[k] != "return") for k in (a, b)]
+            low, high = (a, b) if rank[0] <= rank[1] else (b, a)
+            if low in done:
+                continue  # one change per line and pass
+            done.add(low)
+            row, other = links.iloc[low], links.iloc[high]
+            gap = vertical(row["network"], row["network"])
+            at = np.array([v.x, v.y])
+            depth = round(float(other["depth"] - gap - row["outer"]), 3)  # over it
+            pieces, joints = _dip(row, at, depth, f"over {other['id']}")
+            piece = next(p for p in pieces if p["depth"] == depth)
+            if depth <= 0.3 or not check.conflicts(low, piece["geometry"], depth).empty:
+                depth = round(float(other["depth"] + other["outer"] + gap), 3)  # under it
+                pieces, joints = _dip(row, at, depth, f"under {other['id']}")
+            drop.append(low)
+            new_links += pieces
+            new_nodes += joints
+        links = pd.concat(
+            [links.drop(index=links.index[drop]), pd.DataFrame(new_links)], ignore_index=True
+        )
+        nodes = pd.concat([nodes, pd.DataFrame(new_nodes)], ignore_index=True)
+    raise RuntimeError("utilities: same-network crossings still too close after 4 passes")
+
+
+def _dip(
+    row: pd.Series, at: np.ndarray, depth: float, passes: str
+) -> tuple[list[dict], list[dict]]:
+    """``row``'s link cut into pieces around ``at``, the middle one at cover ``depth`` (its
+    ``passes``: over or under which line)."""
+    from shapely.ops import substring
+
+    geom = row["geometry"]
+    length = geom.length
+    s = geom.project(shapely.Point(at))
+    s0, s1 = s - _DIP, s + _DIP
+    s0 = 0.0 if s0 < 0.3 else s0
+    s1 = length if s1 > length - 0.3 else s1
+    cuts = [x for x in (0.0, s0, s1, length) if 0.0 <= x <= length]
+    cuts = sorted(set(cuts))
+    ends = [row["from_node"]] + [f"{row['id']}-J{k}" for k in range(1, len(cuts) - 1)]
+    ends.append(row["to_node"])
+    pieces, joints = [], []
+    for k in range(len(cuts) - 1):
+        piece = row.to_dict()
+        piece["id"] = f"{row['id']}-{'abc'[k]}" if len(cuts) > 2 else row["id"]
+        piece["geometry"] = substring(geom, cuts[k], cuts[k + 1])
+        piece["from_node"], piece["to_node"] = ends[k], ends[k + 1]
+        if cuts[k] <= s <= cuts[k + 1]:
+            piece["depth"] = depth
+            piece["passes"] = passes
+        pieces.append(piece)
+    for k in range(1, len(cuts) - 1):
+        xy = shapely.get_coordinates(geom.interpolate(cuts[k]))[0]
+        joints.append(
+            {"id": ends[k], "class": "junction", "network": row["network"], "x": xy[0], "y": xy[1]}
+        )
+    return pieces, joints
 
 
 def _midpoint(line: shapely.LineString) -> np.ndarray:
@@ -1320,15 +1248,28 @@ def _dogleg(geom: shapely.LineString, s0: float, s1: float, shift: np.ndarray) -
     )
 
 
+_PARTNER = {
+    "horizontal": ("horizontal", "power"),
+    "building": ("building", "building"),
+    "vertical_power": ("vertical", "power"),
+    "vertical_telecom": ("vertical", "telecom"),
+}
+
+
 def _seed_violations(
-    c: _Ctx, links: pd.DataFrame, rng: np.random.Generator
+    c: _Ctx, nodes: pd.DataFrame, links: pd.DataFrame, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Place a few realistic GB 50289 violations (about 1.25 per km², at least 3), each checked
-    to be the only conflict where it is; return the links changed and their records."""
-    check = _Clearances(c, links)
-    net, role = check.net, links["role"].to_numpy(object)
+    """Place a few realistic violations of the virtual city's clearance rules (about 1.25 per
+    km², at least 3), each checked with the clearance engine to be the only kind of conflict
+    where it is; return the links changed and their records."""
+    links = links.reset_index(drop=True)
+    check = _Check(c, nodes, links)
+    net, role = links["network"].to_numpy(object), links["role"].to_numpy(object)
     street = links["street"].to_numpy(int)
-    length = shapely.length(check.geoms)
+    geoms = links["geometry"].to_numpy().copy()
+    depths = links["depth"].to_numpy(float).copy()
+    outer = links["outer"].to_numpy(float)
+    length = shapely.length(geoms)
     bridge = links["on_bridge"].to_numpy(bool)
     power_streets = set(street[(net == "power") & np.isin(role, ["feeder", "tie"])].tolist())
     gas_main = np.flatnonzero((net == "gas") & (role == "main") & ~bridge & (length >= 40))
@@ -1346,12 +1287,12 @@ def _seed_violations(
     sites: dict[tuple[int, int], list[np.ndarray]] = {}  # by 200 m cell
     used: set[int] = set()
     records: list[dict[str, Any]] = []
-    geoms = check.geoms.copy()
+    tree = check.tree
 
     def attempt(kind: str, i: int) -> tuple[dict[str, Any], shapely.Geometry, float] | None:
-        g, d, o = geoms[i], check.depth[i], check.outer[i]
+        g, d, o = geoms[i], depths[i], outer[i]
         if kind in ("horizontal", "building"):
-            a, b = shapely.get_coordinates(g)
+            a, b = shapely.get_coordinates(g)[[0, -1]]
             u = (b - a) / np.linalg.norm(b - a)
             e = street[i]
             away = gas_xy[c.a[e]] - c.xy[c.a[e]]  # from the centre line towards the gas main
@@ -1373,54 +1314,45 @@ def _seed_violations(
                     return None
                 shift = away * (shapely.distance(g, c.bgeom[k]) - 0.5 - o / 2)
                 new = _dogleg(g, s0, s1, shift)
-            found = check.conflicts(new, "gas", d, o, corridor=True)
         else:
-            hit = check.tree.query(g, predicate="intersects")
             other = "power" if kind == "vertical_power" else "telecom"
+            hit = tree.query(g, predicate="intersects")
             hit = hit[(net[hit] == other) & np.isin(role[hit], ["feeder", "tie", "duct"])]
             if len(hit) == 0:
                 return None
             if other == "power":  # laid shallow, just over the cable
-                d = float(check.depth[hit].min()) - 0.05 - o
+                d = float(depths[hit].min()) - 0.05 - o
             else:  # just under the duct bank
-                d = float((check.depth[hit] + check.outer[hit]).max()) + 0.05
+                d = float((depths[hit] + outer[hit]).max()) + 0.05
             new = g
-            found = check.conflicts(new, "gas", d, o, corridor=False)
-            partners = set(check.ids[hit])
-        if kind == "horizontal":
-            partners = {
-                check.ids[j]
-                for j in np.flatnonzero(
-                    (net == "power") & (street == street[i]) & (role == "feeder")
-                )
-            }
-        elif kind == "building":
-            partners = {c.bid[k]}
-        if not found or any(f[1] not in partners for f in found):
-            return None
-        partner = (
-            "building"
-            if kind == "building"
-            else ("power" if kind in ("horizontal", "vertical_power") else "telecom")
+        found = check.conflicts(i, new, d)
+        want_kind, want_net = _PARTNER[kind]
+        partner_net = np.where(
+            found["id_a"] == links.at[i, "id"], found["network_b"], found["network_a"]
         )
-        worst = min(found, key=lambda f: f[2])
-        h, v = clearance_rule("gas", partner)
-        required = v if kind.startswith("vertical") else h
+        if found.empty or not ((found["kind"] == want_kind) & (partner_net == want_net)).all():
+            return None
+        me = links.at[i, "id"]
+        others = np.where(found["id_a"] == me, found["id_b"], found["id_a"])
+        worst = found.iloc[int(np.argmin(found["actual_m"].to_numpy()))]
+        actual = float(worst["actual_m"])
+        required = float(worst["required_m"])
         what = {
             "horizontal": "gas main shifted to within {a} m of a 10 kV cable",
             "building": "gas main within {a} m of a building's foundation",
             "vertical_power": "gas service pipe laid shallow, {a} m over a 10 kV cable",
             "vertical_telecom": "gas service pipe {a} m under a telecom duct bank",
         }[kind]
-        actual = round(float(worst[2]), 3)
         record = {
-            "kind": "vertical" if kind.startswith("vertical") else kind,
-            "description": what.format(a=actual) + f" (GB 50289 requires {required} m)",
-            "networks": ["gas", partner],
-            "feature_ids": [check.ids[i], *sorted({f[1] for f in found})],
-            "location": [round(float(x), 2) for x in worst[3]],
+            "kind": want_kind,
+            "description": what.format(a=actual) + f" (the rules require {required} m)",
+            "networks": ["gas", want_net],
+            "feature_ids": [me, *sorted(set(others))],
+            "location": [float(worst["x"]), float(worst["y"])],
+            "depth": float(worst["depth"]),
             "required_m": required,
             "actual_m": actual,
+            "source": str(worst["source"]),
         }
         return record, new, d
 
@@ -1445,7 +1377,8 @@ def _seed_violations(
                 if result is None:
                     continue
                 record, new, d = result
-                geoms[i], check.depth[i] = new, d
+                geoms[i], depths[i] = new, d
+                check.update(int(i), new, d)
                 used.add(int(i))
                 sites.setdefault(cell, []).append(mid)
                 records.append({"id": f"cv-{len(records) + 1:03d}", **record})
@@ -1453,12 +1386,22 @@ def _seed_violations(
                 break
             if placed:
                 break
-    links = links.assign(geometry=geoms, depth=check.depth)
+    links = links.assign(geometry=geoms, depth=depths)
     return links, records
 
 
 # -- levels and model frames -----------------------------------------------------------------
-_PROP_COLUMNS = ("role", "street", "outer", "on_bridge", "building_regulator", "circuit", "ducts")
+_PROP_COLUMNS = (
+    "role",
+    "street",
+    "outer",
+    "on_bridge",
+    "building_regulator",
+    "circuit",
+    "ducts",
+    "installation",
+    "passes",
+)
 
 
 def _frames(

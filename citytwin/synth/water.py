@@ -15,13 +15,25 @@ standby, on one head curve) lifts into the network through a discharge main. A c
 one plant serves (``SOURCE_CAPACITY``) also draws on booster stations of the regional
 transmission mains, each modelled alike. Balancing tanks on the highest ground near the network
 (in parks, raised on towers where the ground is too low) fill at night and drain by day; their
-level sets the one pressure zone's head: enough for the highest demand junction, or where the
-relief spans more than one zone can, the head that keeps the most junctions between 20 and 60 m.
-The network is cut into district metered areas of about 1.4 km²: the pipes across a DMA boundary
-are closed at a boundary valve, except one or two inlets, each with a flow meter. Diameters come
-from the peak demand accumulated along the shortest-path tree from the sources, rounded up to
-standard DN sizes (looped mains at least DN150, secondary streets DN200, arterials DN300).
-Isolation valves follow the "N-1" pattern (valves on all branches of a junction but one),
+level sets the head of the plant's pressure zone: enough for its highest demand junction, or
+where its relief is more than the band spans, the head that keeps the most junctions between
+20 and 60 m. The network is cut into district metered areas of about 1.4 km²: the pipes across
+a DMA boundary are closed at a boundary valve, except one or two inlets, each with a flow meter.
+
+Where the demand junctions span more relief than one zone keeps within 20-60 m
+(``ZONE_RELIEF``: a large city's slopes and hills), the DMAs are grouped into pressure zones by
+elevation bands. The plant's zone floats on the tanks; each other zone is fed through stations
+in a chamber on a closed main across the zone boundary (at the DMA inlets the routing picks, a
+step into another zone counting ``ZONE_STEP`` steps): a pressure-reducing valve holding the
+zone's head, after two duty booster pumps and a standby where the water comes from lower ground
+(together standing for the variable-speed boosters common in Chinese cities, which EPANET does
+not model directly), and a metered outlet main. Regional sources that fall in such a zone hold
+its head the same way.
+
+Diameters come from the peak demand accumulated along the shortest-path tree from the sources
+(through the stations), rounded up to standard DN sizes (looped mains at least DN150, secondary
+streets DN200, arterials DN300); each zone's head covers the losses from its feeds. Isolation
+valves follow the "N-1" pattern (valves on all branches of a junction but one),
 hydrants stand every 100 m along the streets.
 
 ``plan_water`` is pure (arrays and a wntr model); ``water_bundle`` turns a plan into model
@@ -31,7 +43,6 @@ same results; ``water_check`` runs the 24 h EPANET simulation and sums up the pr
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +57,7 @@ from scipy.spatial import cKDTree
 
 from citytwin.formats.base import ImportBundle
 from citytwin.formats.epanet import epanet_bundle
+from citytwin.hydraulics.epanet import run_epanet
 from citytwin.synth.corridors import corridor_nodes, cover_depth
 from citytwin.synth.layout import CRS, LOCAL_SPACING, CityLayout
 
@@ -105,6 +117,10 @@ TANK_WORKING = 5.0  # m of level the design day uses, between the min and max wi
 STORAGE_MARGIN = 1.5  # tank volume over the design day's balancing storage
 TANKS_PER_M3_DAY = 70_000.0  # one balancing tank per this much daily demand
 SOURCE_CAPACITY = 250_000.0  # m3/day a source (plant or booster station) supplies at most
+ZONE_RELIEF = 30.0  # m of ground level the demand junctions of one pressure zone span at most
+ZONE_STEP = 3.0  # a feed from another pressure zone counts as this many DMA steps
+STATION_MARGIN = 3.0  # m of head a station's pumps keep above what its valve holds
+STATION_AT = (0.6, 0.65)  # where a zone station's chamber begins and ends along its main
 HYDRANT_SPACING = 100.0  # m
 SERVICE_DN = np.array([25, 32, 40, 50, 65, 80, 100, 150, 200]) / 1e3
 SERVICE_COVER = cover_depth(NETWORK)  # m over service pipes: the mains' level
@@ -231,6 +247,7 @@ class _Sizing:
     loss_avg: np.ndarray
     source_flow: np.ndarray  # m3/s, the peak each source main is sized for
     source_average: np.ndarray  # m3/s, the average demand of the junctions each source feeds
+    through: np.ndarray  # m3/s, the peak (or the night's) flow into each junction's subtree
 
 
 def plan_water(layout: CityLayout, seed: int | None = None) -> WaterPlan:
@@ -269,25 +286,39 @@ def plan_water(layout: CityLayout, seed: int | None = None) -> WaterPlan:
         int(_nearest(plant_xy, xy, channel)[0]),
         int(np.ceil(q_avg * 86400 / SOURCE_CAPACITY)),
     )
-    dma, inlets, closed = _dmas(layout, mains, sources)
+    dma = _dma_cells(layout, mains)
+    zone = _pressure_zones(mains, dma, served)
+    tank_zone = int(zone[dma[sources[0]]])  # the plant's: it floats on the balancing tanks
+    inlets, stations, closed = _feeds(mains, dma, zone, sources, tank_zone)
+    tree = _tree(mains, closed, stations, sources)
+    in_tank_zone = zone[dma] == tank_zone
+    tank_fed = np.isin(tree.origin, sources[zone[dma[sources]] == tank_zone])
 
-    # balancing tanks on the highest ground near the network
-    storage = _storage(total)
+    # balancing tanks on the highest ground of the tanks' zone, for the demand fed from it
+    fed_total = demand[tank_fed].sum(axis=0)
+    q_tanks = float(fed_total.sum())
+    storage = _storage(fed_total)
     area = STORAGE_MARGIN * storage["volume"] / TANK_WORKING  # m2 of all tanks together
     n_tanks = max(
-        round(q_avg * 86400 / TANKS_PER_M3_DAY), int(np.ceil(area / (np.pi * MAX_TANK_RADIUS**2)))
+        round(q_tanks * 86400 / TANKS_PER_M3_DAY), int(np.ceil(area / (np.pi * MAX_TANK_RADIUS**2)))
     )
     radius = float(np.sqrt(area / n_tanks / np.pi))
     margin = (TANK_LEVELS[1] - TANK_LEVELS[0] - TANK_WORKING) / 2
-    bottom = float(z[served].max()) + MIN_PRESSURE - TANK_LEVELS[0] - margin  # a first guess
+    low = served & in_tank_zone
+    bottom = float(z[low].max()) + MIN_PRESSURE - TANK_LEVELS[0] - margin  # a first guess
+    tz = np.flatnonzero(in_tank_zone)
     for _ in range(2):  # again if the head came out lower than the ground of a site
-        sites, site_ground, tank_node = _tank_sites(layout, xy, bottom, n_tanks, radius)
+        sites, site_ground, tank_at = _tank_sites(layout, xy[tz], bottom, n_tanks, radius)
+        tank_node = tz[tank_at]
         tank_flow = storage["flow"] / len(sites)
-        sizing = _size(mains, closed, sources, peak, demand.sum(axis=1), tank_node, tank_flow)
-        hgl_low = _design_head(z[served], 0.5 * sizing.loss_peak[served])
+        sizing = _size(mains, tree, peak, demand.sum(axis=1), tank_node, tank_flow)
+        hgl_low = _design_head(z[low], 0.5 * sizing.loss_peak[low])
         guess, bottom = bottom, hgl_low - TANK_LEVELS[0] - margin
         if (site_ground <= bottom).all() or bottom >= guess:
             break
+    # the other zones hold the head their feeds (constant-pressure stations) keep at the peak
+    zone_head = _zone_heads(mains, dma, zone, served, sizing.loss_peak)
+    zone_head[tank_zone] = hgl_low
 
     wn = wntr.network.WaterNetworkModel()
     wn.name = f"virtual city {layout.seed} water supply"
@@ -324,19 +355,39 @@ def plan_water(layout: CityLayout, seed: int | None = None) -> WaterPlan:
     extra = _add_tanks(wn, sites, site_ground, tank_node, xy, j_names, storage, bottom, tank_flow)
     head = bottom + TANK_LEVELS[0] + margin + TANK_WORKING / 2  # the tanks' mid level
     head += float(np.mean(sizing.loss_avg[tank_node])) + 1.0  # and the way there
-    share = sizing.source_average / sizing.source_average.sum()
+    from_tanks = zone[dma[sources]] == tank_zone
+    share = sizing.source_average / sizing.source_average[from_tanks].sum()
     lifts = []
     for k, j in enumerate(sources, 1):
         # the plant's clear-water well; beside the others, a ground tank in the block corner
         centre = plant_xy[0] if k == 1 else xy[j] - 40.0
         well = float(layout.terrain.sample(centre)[0]) - 2.0
-        extra.append(
-            _add_source(wn, k, centre, well, xy[j], j_names[j], sizing.source_flow[k - 1], j)
-        )
-        _add_pumps(wn, k, q_avg * share[k - 1], head - well)
-        lifts.append(round(head - well, 2))
+        flow = sizing.source_flow[k - 1]
+        if zone[dma[j]] == tank_zone:  # fixed-speed pumps the tanks' level steers
+            extra.append(_add_source(wn, k, centre, well, xy[j], j_names[j], flow, j))
+            _add_pumps(
+                wn,
+                f"PU{k}",
+                f"R{k}",
+                f"PS{k}",
+                q_tanks * share[k - 1],
+                head - well,
+                steep=k == 1,
+            )
+            lifts.append(round(head - well, 2))
+        else:  # variable-speed pumps holding the zone's head at the outlet
+            outlet = float(zone_head[zone[dma[j]]])
+            extra.append(
+                _add_source(wn, k, centre, well, xy[j], j_names[j], flow, j, outlet=outlet)
+            )
+            lift = outlet + STATION_MARGIN - well
+            _add_pumps(wn, f"PU{k}", f"R{k}", f"PS{k}", flow, lift, steep=False)
+            lifts.append(round(lift, 2))
+    for k, st in enumerate(stations, 1):
+        extra.append(_add_station(wn, k, st, mains, j_names, zone_head, zone, sizing))
 
     node_attrs, link_attrs = _model_attrs(wn, mains, dma, extra, layout)
+    zone_ids = np.array([f"PZ-{k + 1}" for k in range(int(zone.max()) + 1)], dtype=object)
     nodes, links, dmas = _gis_features(
         layout,
         rng,
@@ -366,10 +417,33 @@ def plan_water(layout: CityLayout, seed: int | None = None) -> WaterPlan:
             for g in site_ground
         ],
         "dmas": len(dmas),
+        "pressure_zones": [
+            {
+                "zone": str(zone_ids[k]),
+                "head_m": round(float(zone_head[k]), 2),
+                "dmas": int((zone == k).sum()),
+                "fed_by": "tanks"
+                if k == tank_zone
+                else "sources"
+                if k in set(zone[dma[sources]].tolist())
+                else "stations",
+            }
+            for k in range(len(zone_ids))
+        ],
+        "zone_stations": len(stations),
+        "zone_boosters": sum(name.startswith("PUB") for name in wn.pump_name_list) // 3,
         "closed_boundary_pipes": int(closed.sum()),
         "unserved_street_nodes": mains.unserved,
         "service_connections": "GIS only: their demand is lumped at the junction they tap",
     }
+    dmas["props"] = [
+        {
+            **props,
+            "pressure_zone": str(zone_ids[zone[d]]),
+            "zone_head": round(float(zone_head[zone[d]]), 2),
+        }
+        for d, props in enumerate(dmas["props"])
+    ]
     return WaterPlan(wn, node_attrs, link_attrs, nodes, links, dmas, notes)
 
 
@@ -419,17 +493,10 @@ def _mains(layout: CityLayout, b_xy: np.ndarray) -> _Mains:
     )
 
 
-def _dmas(
-    layout: CityLayout, mains: _Mains, sources: np.ndarray
-) -> tuple[np.ndarray, list[tuple[int, int, int, int]], np.ndarray]:
+def _dma_cells(layout: CityLayout, mains: _Mains) -> np.ndarray:
     """District metered areas: cells of ``DMA_LINES`` street lines, split where not connected
-    inside, small pieces merged into a neighbour. Each DMA but the sources' is fed over one or
-    two inlets from DMAs nearer a source (breadth first); the other pipes across DMA
-    boundaries are closed.
-
-    Returns the DMA of each junction, the inlets (pipe, DMA, feeding DMA, junction inside) and
-    the closed-pipe mask.
-    """
+    inside, small pieces merged into a neighbour, numbered from the south-west. Returns the DMA
+    of each junction."""
     xy, edges = mains.xy, mains.edges
     n = len(xy)
     x0, y0 = layout.origin
@@ -454,39 +521,146 @@ def _dmas(
     centre /= np.bincount(label)[:, None]
     rank = np.empty(k, int)
     rank[np.lexsort((centre[:, 0], np.round(centre[:, 1] / 500.0)))] = np.arange(k)
-    label = rank[label]
+    return rank[label]
 
-    la, lb = label[edges[:, 0]], label[edges[:, 1]]
+
+def _pressure_zones(mains: _Mains, dma: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """The pressure zone of each DMA. Where the demand junctions span more relief than one zone
+    keeps within the service band (``ZONE_RELIEF``), the DMAs are banded by elevation: sorted by
+    their median ground level, a new band opens where the band's lowest and highest junctions
+    (5th and 95th percentiles of each DMA) would lie more than ``ZONE_RELIEF`` apart; a zone is a
+    connected group of DMAs of one band. Zones are numbered from the lowest."""
+    k = int(dma.max()) + 1
+    z = mains.z
+    if np.ptp(z[served]) <= ZONE_RELIEF:
+        return np.zeros(k, int)
+    lo, hi, mid = np.empty(k), np.empty(k), np.empty(k)
+    for d, members in enumerate(
+        np.split(np.argsort(dma, kind="stable"), np.cumsum(np.bincount(dma))[:-1])
+    ):
+        own = z[members[served[members]]] if served[members].any() else z[members]
+        lo[d], mid[d], hi[d] = np.percentile(own, [5, 50, 95])
+    band = np.empty(k, int)
+    current, floor, top = -1, np.inf, -np.inf
+    for d in np.argsort(mid, kind="stable"):
+        if max(top, hi[d]) - min(floor, lo[d]) > ZONE_RELIEF or current < 0:
+            current, floor, top = current + 1, lo[d], hi[d]
+        else:
+            floor, top = min(floor, lo[d]), max(top, hi[d])
+        band[d] = current
+    la, lb = dma[mains.edges[:, 0]], dma[mains.edges[:, 1]]
+    same = (la != lb) & (band[la] == band[lb])
+    label = _components(k, np.column_stack([la[same], lb[same]]))
+    # number the zones by band, then by size
+    key = np.column_stack(
+        [np.bincount(label, weights=band) / np.bincount(label), -np.bincount(label)]
+    )
+    order = np.lexsort((key[:, 1], key[:, 0]))
+    rank = np.empty(len(order), int)
+    rank[order] = np.arange(len(order))
+    return rank[label]
+
+
+def _feeds(
+    mains: _Mains, dma: np.ndarray, zone: np.ndarray, sources: np.ndarray, tank_zone: int
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int, int]], np.ndarray]:
+    """How water reaches every DMA: each DMA but the sources' is fed over one or two inlets
+    from DMAs nearer a source (shortest paths over the DMAs, a step into another pressure zone
+    counting ``ZONE_STEP`` steps; nothing enters the tanks' zone from another). An inlet from
+    another zone is a station beside the boundary pipe (a booster pumping up, or a
+    pressure-reducing valve down); the other pipes across DMA boundaries are closed.
+
+    Returns the inlets (pipe, DMA, feeding DMA, junction inside), the stations (pipe, DMA,
+    feeding DMA, junction outside, junction inside), and the closed-pipe mask.
+    """
+    edges = mains.edges
+    la, lb = dma[edges[:, 0]], dma[edges[:, 1]]
+    k = int(dma.max()) + 1
     boundary = np.flatnonzero(la != lb)
-    adjacency = sparse.coo_matrix(
-        (
-            np.ones(2 * len(boundary)),
-            (np.r_[la[boundary], lb[boundary]], np.r_[lb[boundary], la[boundary]]),
-        ),
-        shape=(k, k),
-    ).tocsr()
-    depth = dijkstra(adjacency, indices=np.unique(label[sources]), unweighted=True, min_only=True)
+    u, v = np.r_[la[boundary], lb[boundary]], np.r_[lb[boundary], la[boundary]]
+    step = np.where(zone[u] == zone[v], 1.0, ZONE_STEP)
+    allowed = (zone[v] != tank_zone) | (zone[u] == tank_zone)
+    pairs = np.unique(np.column_stack([u, v, step])[allowed], axis=0)
+    graph = sparse.csr_matrix(
+        (pairs[:, 2], (pairs[:, 0].astype(int), pairs[:, 1].astype(int))), shape=(k, k)
+    )
+    dist = dijkstra(graph, indices=np.unique(dma[sources]), min_only=True)
+    if not np.isfinite(dist).all():
+        raise RuntimeError("water network: DMAs not reachable from the sources")
     strength = np.array([{"primary": 3, "secondary": 2}.get(c, 1) for c in mains.cls])
     inlets: list[tuple[int, int, int, int]] = []
-    for d in np.argsort(depth):
-        if depth[d] == 0:
+    stations: list[tuple[int, int, int, int, int]] = []
+    for d in np.argsort(dist):
+        if dist[d] == 0:
             continue
         mine_a = la[boundary] == d
         other = np.where(mine_a, lb[boundary], la[boundary])
-        cand = boundary[(mine_a | (lb[boundary] == d)) & (depth[other] < depth[d])]
+        into = (mine_a | (lb[boundary] == d)) & (dist[other] < dist[d])
+        into &= (zone[d] != tank_zone) | (zone[other] == tank_zone)
+        cand = boundary[into]
         up = np.where(la[cand] == d, lb[cand], la[cand])
-        order = np.lexsort((mains.length[cand], -strength[cand], depth[up]))
+        across = zone[up] != zone[d]
+        reach = dist[up] + np.where(across, ZONE_STEP, 1.0)
+        order = np.lexsort(
+            (mains.length[cand], -strength[cand], across & mains.bridge[cand], reach)
+        )
         chosen = [order[0]]
-        rest = [i for i in order[1:] if up[i] != up[order[0]]] or list(order[1:])
+        rest = [i for i in order[1:] if not across[i]]
+        rest = [i for i in rest if up[i] != up[order[0]]] or rest
         if rest:
             chosen.append(rest[0])
         for i in chosen:
             e = int(cand[i])
-            inner = int(edges[e, 0] if la[e] == d else edges[e, 1])
-            inlets.append((e, int(d), int(up[i]), inner))
+            inner, outer = (edges[e, 0], edges[e, 1]) if la[e] == d else (edges[e, 1], edges[e, 0])
+            if across[i]:
+                stations.append((e, int(d), int(up[i]), int(outer), int(inner)))
+            else:
+                inlets.append((e, int(d), int(up[i]), int(inner)))
     closed = la != lb
     closed[[e for e, *_ in inlets]] = False
-    return label, inlets, closed
+    return inlets, stations, closed
+
+
+@dataclass
+class _Tree:
+    """The shortest-path tree from the sources over the open mains and the stations."""
+
+    dist: np.ndarray
+    pred: np.ndarray
+    origin: np.ndarray  # the source junction each junction is fed from
+    edge: np.ndarray  # the main each junction is fed over; -1 - station where a station
+    order: np.ndarray  # the junctions but the sources, farthest first
+    sources: np.ndarray
+
+
+def _tree(
+    mains: _Mains,
+    closed: np.ndarray,
+    stations: list[tuple[int, int, int, int, int]],
+    sources: np.ndarray,
+) -> _Tree:
+    """Shortest paths from the sources over the open mains (favouring the arterials) and the
+    stations (from the feeding zone into the fed one only)."""
+    n, edges = len(mains.xy), mains.edges
+    weight = mains.length * np.array([_CLASS_WEIGHT[c] for c in mains.cls])
+    oe, ow = edges[~closed], weight[~closed]
+    st = np.array([(a, c, e) for e, _, _, a, c in stations], dtype=int).reshape(-1, 3)
+    rows = np.r_[oe[:, 0], oe[:, 1], st[:, 0]]
+    cols = np.r_[oe[:, 1], oe[:, 0], st[:, 1]]
+    graph = sparse.csr_matrix((np.r_[ow, ow, weight[st[:, 2]]], (rows, cols)), shape=(n, n))
+    dist, pred, origin = dijkstra(graph, indices=sources, return_predecessors=True, min_only=True)
+    if not np.isfinite(dist).all():
+        raise RuntimeError("water network: junctions not reachable from the sources")
+    key = np.minimum(edges[:, 0], edges[:, 1]) * n + np.maximum(edges[:, 0], edges[:, 1])
+    sorter = np.argsort(key)
+    v = np.flatnonzero(~np.isin(np.arange(n), sources))
+    vkey = np.minimum(v, pred[v]) * n + np.maximum(v, pred[v])
+    tree_edge = np.full(n, -1)
+    tree_edge[v] = sorter[np.searchsorted(key, vkey, sorter=sorter)]
+    for i, (a, c, _) in enumerate(st):
+        if pred[c] == a:  # over the station, not the closed pipe beside it
+            tree_edge[c] = -1 - i
+    return _Tree(dist, pred, origin, tree_edge, v[np.argsort(-dist[v])], sources)
 
 
 def _tank_sites(
@@ -533,61 +707,51 @@ def _tank_sites(
 
 def _size(
     mains: _Mains,
-    closed: np.ndarray,
-    sources: np.ndarray,
+    tree: _Tree,
     peak: np.ndarray,
     average: np.ndarray,
     tank_node: np.ndarray,
     tank_flow: float,
 ) -> _Sizing:
     """Diameters from the demand at the peak hour (or at night, with the tanks filling, where
-    that is more) accumulated along the shortest-path tree of the open mains from the source,
-    favouring the arterials; head losses along that tree."""
+    that is more) accumulated along the shortest-path tree from the sources; head losses along
+    that tree, from the source or the station that feeds each junction's zone."""
     n, edges = len(mains.xy), mains.edges
-    weight = mains.length * np.array([_CLASS_WEIGHT[c] for c in mains.cls])
-    oe, ow = edges[~closed], weight[~closed]
-    graph = sparse.csr_matrix(
-        (np.r_[ow, ow], (np.r_[oe[:, 0], oe[:, 1]], np.r_[oe[:, 1], oe[:, 0]])), shape=(n, n)
-    )
-    dist, pred, _ = dijkstra(graph, indices=sources, return_predecessors=True, min_only=True)
-    if not np.isfinite(dist).all():
-        raise RuntimeError("water network: junctions not reachable from the sources")
-    key = np.minimum(edges[:, 0], edges[:, 1]) * n + np.maximum(edges[:, 0], edges[:, 1])
-    sorter = np.argsort(key)
-    v = np.flatnonzero(~np.isin(np.arange(n), sources))
-    vkey = np.minimum(v, pred[v]) * n + np.maximum(v, pred[v])
-    tree_edge = np.full(n, -1)
-    tree_edge[v] = sorter[np.searchsorted(key, vkey, sorter=sorter)]
-
+    pred, order, tree_edge = tree.pred, tree.order, tree.edge
     # the peak hour, and the night when the tanks fill (demand at the lowest hour and the
     # tanks' inflow), and the average day for the head losses
     load = peak.copy()
     night = average * min(float(p.min()) for p in PATTERNS.values())
     np.add.at(night, tank_node, tank_flow)
     avg = average.copy()
-    order = v[np.argsort(-dist[v])]
     for child, parent in zip(order.tolist(), pred[order].tolist(), strict=True):
         load[parent] += load[child]
         night[parent] += night[child]
         avg[parent] += avg[child]
     load = np.maximum(load, night)
+    main = order[tree_edge[order] >= 0]
     e_peak = np.zeros(len(edges))
     e_avg = np.zeros(len(edges))
-    e_peak[tree_edge[v]] = load[v]
-    e_avg[tree_edge[v]] = avg[v]
+    e_peak[tree_edge[main]] = load[main]
+    e_avg[tree_edge[main]] = avg[main]
 
     floor = np.array([MIN_DN[c] for c in mains.cls])
     floor = np.where(_dangling(n, edges) & (mains.cls == "residential"), DN[0], floor)
     diameter = np.maximum(_dn_for(e_peak), floor)
     roughness = np.array([HAZEN_WILLIAMS[x] for x in _material(diameter)])
-    h_peak = _hw_loss(e_peak, diameter, mains.length, roughness)
-    h_avg = _hw_loss(e_avg, diameter, mains.length, roughness)
+    h_peak = np.r_[_hw_loss(e_peak, diameter, mains.length, roughness), 0.0]
+    h_avg = np.r_[_hw_loss(e_avg, diameter, mains.length, roughness), 0.0]
+    via = np.where(tree_edge >= 0, tree_edge, len(edges))  # a station starts afresh
+    restart = (tree_edge < 0).astype(float)
     loss_peak = np.zeros(n)
     loss_avg = np.zeros(n)
     for child in order[::-1].tolist():
-        loss_peak[child] = loss_peak[pred[child]] + h_peak[tree_edge[child]]
-        loss_avg[child] = loss_avg[pred[child]] + h_avg[tree_edge[child]]
-    return _Sizing(diameter, roughness, loss_peak, loss_avg, load[sources], avg[sources])
+        keep = 1.0 - restart[child]
+        loss_peak[child] = keep * loss_peak[pred[child]] + h_peak[via[child]]
+        loss_avg[child] = keep * loss_avg[pred[child]] + h_avg[via[child]]
+    return _Sizing(
+        diameter, roughness, loss_peak, loss_avg, load[tree.sources], avg[tree.sources], load
+    )
 
 
 @dataclass
@@ -601,6 +765,7 @@ class _Extra:
     far: np.ndarray
     diameter: float
     role: str
+    feeder: int = -1  # a station's: the DMA it draws from
 
 
 def _add_tanks(
@@ -654,49 +819,147 @@ def _add_source(
     junction: str,
     flow: float,
     index: int,
+    outlet: float | None = None,
 ) -> _Extra:
     """Source ``k``: its well (a reservoir at its water level) and its pumping station's
-    discharge header, joined to the network by the source main."""
+    discharge header, joined to the network by the source main. With an ``outlet`` head the
+    station holds that head at its outlet (variable-speed pumps, modelled as a
+    pressure-reducing valve after the pumps)."""
     towards = junction_xy - centre
     reach = max(float(np.linalg.norm(towards)), 2.0)
     header = np.round(centre + towards / reach * min(30.0, reach / 2), 3)  # it may span a street
     wn.add_reservoir(f"R{k}", base_head=round(well, 2), coordinates=tuple(np.round(centre, 3)))
     wn.add_junction(f"PS{k}", elevation=round(well - 2.0, 2), coordinates=tuple(header))
     diameter = float(_dn_for(np.array([flow]))[0])
+    start = f"PS{k}"
+    if outlet is not None:
+        start = f"PO{k}"
+        at = np.round(header + towards / reach * min(3.0, reach / 4), 3)
+        _add_prv(wn, f"VS{k}", f"PS{k}", start, at, well - 2.0, outlet, diameter)
     wn.add_pipe(
         f"PM{k}",
-        f"PS{k}",
+        start,
         junction,
         length=round(max(float(np.linalg.norm(header - junction_xy)), 1.0), 2),
         diameter=diameter,
         roughness=HAZEN_WILLIAMS[str(_material(np.array([diameter]))[0])],
     )
-    return _Extra(f"PM{k}", index, f"PS{k}", header, diameter, "source")
+    return _Extra(f"PM{k}", index, start, header, diameter, "source")
 
 
-def _add_pumps(wn: wntr.network.WaterNetworkModel, k: int, q: float, head: float) -> None:
-    """Two duty pumps and a standby in parallel from source ``k``'s well to its discharge
-    header, on a head curve through the duty point (half of ``q`` at ``head``). The plant's
-    curve is steep (shut-off at 1.3 x the duty head, 0.6 x at 1.6 x the duty flow), so the
-    tanks' level steers it; the booster stations' curves are flat (1.12 x, 0.76 x at twice the
-    duty flow), as variable-speed pumps holding their outlet pressure run."""
+def _add_prv(
+    wn: wntr.network.WaterNetworkModel,
+    name: str,
+    upstream: str,
+    node: str,
+    at: np.ndarray,
+    elevation: float,
+    head: float,
+    diameter: float,
+) -> None:
+    """A pressure-reducing valve from ``upstream`` into a new junction ``node`` at ``at``,
+    holding ``head`` there."""
+    wn.add_junction(node, elevation=round(elevation, 2), coordinates=tuple(np.round(at, 3)))
+    wn.add_valve(
+        name,
+        upstream,
+        node,
+        diameter=diameter,
+        valve_type="PRV",
+        initial_setting=round(max(head - elevation, 0.0), 2),
+    )
+
+
+def _add_pumps(
+    wn: wntr.network.WaterNetworkModel,
+    name: str,
+    suction: str,
+    header: str,
+    q: float,
+    head: float,
+    *,
+    steep: bool,
+) -> None:
+    """Two duty pumps and a standby in parallel from ``suction`` to the discharge ``header``,
+    on a head curve through the duty point (half of ``q`` at ``head``). The plant's curve is
+    ``steep`` (shut-off at 1.3 x the duty head, 0.6 x at 1.6 x the duty flow), so the tanks'
+    level steers it; the booster stations' curves are flat (1.12 x, 0.76 x at twice the duty
+    flow), as variable-speed pumps holding their outlet pressure run."""
     q = q / 2
-    curve = f"PUMP{k}"
+    curve = name.replace("PU", "PUMP", 1)
     shape = (
-        [(0.0, 1.3), (1.0, 1.0), (1.6, 0.6)] if k == 1 else [(0.0, 1.12), (1.0, 1.0), (2.0, 0.76)]
+        [(0.0, 1.3), (1.0, 1.0), (1.6, 0.6)] if steep else [(0.0, 1.12), (1.0, 1.0), (2.0, 0.76)]
     )
     wn.add_curve(curve, "HEAD", [(f * q, h * head) for f, h in shape])
-    well = np.array(wn.get_node(f"R{k}").coordinates)
-    header = np.array(wn.get_node(f"PS{k}").coordinates)
-    along = (header - well) / max(float(np.linalg.norm(header - well)), 1e-9)
+    well = np.array(wn.get_node(suction).coordinates)
+    end = np.array(wn.get_node(header).coordinates)
+    along = (end - well) / max(float(np.linalg.norm(end - well)), 1e-9)
     across = np.array([-along[1], along[0]])
     for i, offset in enumerate((-4.0, 0.0, 4.0), 1):
-        name = f"PU{k}-{i}"
+        pump = f"{name}-{i}"
         wn.add_pump(
-            name, f"R{k}", f"PS{k}", "HEAD", curve, initial_status="CLOSED" if i == 3 else "OPEN"
+            pump, suction, header, "HEAD", curve, initial_status="CLOSED" if i == 3 else "OPEN"
         )
         if offset:
-            wn.get_link(name).vertices = [tuple(np.round((well + header) / 2 + offset * across, 3))]
+            wn.get_link(pump).vertices = [tuple(np.round((well + end) / 2 + offset * across, 3))]
+
+
+def _add_station(
+    wn: wntr.network.WaterNetworkModel,
+    k: int,
+    station: tuple[int, int, int, int, int],
+    mains: _Mains,
+    j_names: list[str],
+    zone_head: np.ndarray,
+    zone: np.ndarray,
+    sizing: _Sizing,
+) -> _Extra:
+    """Station ``k`` feeding a DMA of one pressure zone from a DMA of another, in a chamber
+    on the (closed) street main between them: from a higher zone a pressure-reducing valve;
+    from a lower one a booster (two duty pumps and a standby) before it, the pair standing for
+    variable-speed pumps that hold the zone's head at the outlet. Its outlet main runs on along
+    the street to the junction inside."""
+    _, d, up, outer, inner = station
+    a, c = mains.xy[outer], mains.xy[inner]
+    suction, outlet = a + STATION_AT[0] * (c - a), a + STATION_AT[1] * (c - a)
+    ground = float(np.interp(STATION_AT[1], [0.0, 1.0], [mains.z[outer], mains.z[inner]]))
+    head = float(zone_head[zone[d]])
+    flow = float(sizing.through[inner])
+    diameter = float(max(_dn_for(np.array([flow]))[0], 0.15))
+    supply = float(zone_head[zone[up]] - sizing.loss_peak[outer])  # at the peak hour
+    upstream = j_names[outer]
+    if supply < head + STATION_MARGIN:  # a booster, then the valve holding the zone's head
+        upstream = f"BS{k}"
+        wn.add_junction(
+            upstream, elevation=round(ground - 2.0, 2), coordinates=tuple(np.round(suction, 3))
+        )
+        lift = head + STATION_MARGIN - supply
+        _add_pumps(wn, f"PUB{k}", j_names[outer], upstream, flow, lift, steep=False)
+    _add_prv(wn, f"VB{k}", upstream, f"BO{k}", outlet, ground - 2.0, head, diameter)
+    wn.add_pipe(
+        f"PB{k}",
+        f"BO{k}",
+        j_names[inner],
+        length=round(max(float(np.linalg.norm(c - outlet)), 1.0), 2),
+        diameter=diameter,
+        roughness=HAZEN_WILLIAMS[str(_material(np.array([diameter]))[0])],
+    )
+    return _Extra(f"PB{k}", inner, f"BO{k}", outlet, diameter, "station", up)
+
+
+def _zone_heads(
+    mains: _Mains, dma: np.ndarray, zone: np.ndarray, served: np.ndarray, loss: np.ndarray
+) -> np.ndarray:
+    """The head each pressure zone's feeds hold (``_design_head`` without a tank's swing)."""
+    zj = zone[dma]
+    heads = np.empty(int(zone.max()) + 1)
+    for k in range(len(heads)):
+        mine = (zj == k) & served
+        if mine.any():
+            heads[k] = _design_head(mains.z[mine], loss[mine], swing=0.0)
+        else:  # no demand: enough for the highest junction
+            heads[k] = float(mains.z[zj == k].max()) + MIN_PRESSURE
+    return heads
 
 
 def _dma_ids(k: int) -> np.ndarray:
@@ -730,8 +993,10 @@ def _model_attrs(
     n = len(mains.xy)
     zone[:n] = dma_ids[dma]  # the street junctions come first, in order
     for x in extra:
-        if x.role == "tank":
-            zone[at[x.node]] = dma_ids[dma[x.junction]]
+        if x.role in ("tank", "station"):  # a station's outlet and suction header: the DMA fed
+            for node in (x.node, x.node.replace("BO", "BS", 1)):
+                if node in at:
+                    zone[at[node]] = dma_ids[dma[x.junction]]
     is_junction = np.array([wn.get_node(x).node_type == "Junction" for x in names])
     role = {x.pipe: x.role for x in extra}  # the rest are street mains
     depth = np.where(is_junction & (widest > 0), cover + widest, np.nan)
@@ -872,9 +1137,9 @@ def _gis_features(
         (e, d, u, j, xy[edges[e, 1] if edges[e, 0] == j else edges[e, 0]]) for e, d, u, j in inlets
     ]
     feeds += [
-        (m + i, int(dma[x.junction]), -1, x.junction, x.far)
+        (m + i, int(dma[x.junction]), x.feeder, x.junction, x.far)
         for i, x in enumerate(extra)
-        if x.role == "source"
+        if x.role in ("source", "station")
     ]
     m_xy = np.array(
         [xy[j] + (f - xy[j]) * min(8.0 / np.linalg.norm(f - xy[j]), 0.4) for _, _, _, j, f in feeds]
@@ -990,16 +1255,16 @@ def _gis_features(
     return nodes, service, dmas
 
 
-def _design_head(z: np.ndarray, loss: np.ndarray) -> float:
-    """The head at the tanks' lowest working level: enough for the highest demand junction to
-    keep the minimum pressure at the peak hour; where the city's relief is more than one
-    pressure zone spans, the head that keeps the most junctions within the band (and none
-    below ``LEAST_PRESSURE``)."""
+def _design_head(z: np.ndarray, loss: np.ndarray, swing: float = TANK_WORKING) -> float:
+    """The head at the tanks' lowest working level (or, with no ``swing``, the head a station
+    holds): enough for the highest demand junction to keep the minimum pressure at the peak
+    hour; where the zone's relief is more than the band spans, the head that keeps the most
+    junctions within the band (and none below ``LEAST_PRESSURE``)."""
     need = z + loss
     full = float((need + MIN_PRESSURE).max())
     heads = np.arange(float((need + LEAST_PRESSURE).max()), full + 0.25, 0.25)
     low = heads[:, None] - need[None, :]  # peak hour, lowest tank level
-    high = heads[:, None] + TANK_WORKING - z[None, :]  # night, highest tank level
+    high = heads[:, None] + swing - z[None, :]  # night, highest tank level
     share = ((low >= MIN_PRESSURE) & (high <= MAX_PRESSURE)).mean(axis=1)
     if share[-1] >= share.max() - 1e-9:
         return full
@@ -1050,8 +1315,7 @@ def water_bundle(layout: CityLayout, plan: WaterPlan) -> ImportBundle:
 def water_check(wn: wntr.network.WaterNetworkModel) -> WaterCheck:
     """Run EPANET (through wntr) over the model's duration and sum up the pressures at the
     demand junctions and the tank levels."""
-    with tempfile.TemporaryDirectory() as tmp:
-        results = wntr.sim.EpanetSimulator(wn).run_sim(file_prefix=f"{tmp}/water")
+    results = run_epanet(wn)
     demand_nodes = [
         name
         for name, node in wn.junctions()

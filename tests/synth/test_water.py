@@ -319,3 +319,90 @@ def test_the_plan_is_deterministic_from_the_seed(city):
     assert again.wn.to_dict() == plan.wn.to_dict()
     assert again.nodes.drop(columns="geometry").equals(plan.nodes.drop(columns="geometry"))
     assert again.nodes.geometry.geom_equals(plan.nodes.geometry).all()
+
+
+# -- pressure zones: a hillside town spans more relief than one zone keeps in the band ------
+@pytest.fixture(scope="module")
+def hillside(tmp_path_factory):
+    """A 4 km² city on ground rising 45 m northwards, its water plan and a day of EPANET."""
+    layout = plan_layout(4.0, 1)
+    terrain = layout.terrain
+    rows = terrain.dem.shape[0]
+    rise = 45.0 * (1.0 - (np.arange(rows) + 0.5) / rows)  # row 0 is the northern edge
+    terrain.dem = (terrain.dem + rise[:, None]).astype(np.float32)
+    plan = plan_water(layout, 1)
+    prefix = tmp_path_factory.mktemp("hillside") / "day"
+    results = wntr.sim.EpanetSimulator(plan.wn).run_sim(file_prefix=str(prefix))
+    return layout, plan, results
+
+
+def test_a_hillside_town_gets_pressure_zones_that_keep_the_band(hillside):
+    _, plan, _ = hillside
+    zones = plan.notes["pressure_zones"]
+    assert len(zones) >= 2 and sum(z["fed_by"] == "tanks" for z in zones) == 1
+    check = water_check(plan.wn)
+    assert check.share_20_60 >= 0.95 and check.min_pressure >= 0.0
+    # higher ground, higher head: each DMA's zone head follows its junctions' ground level
+    zone = plan.node_attrs["zone_id"]
+    street = _street_junctions(plan.wn)
+    ground = pd.Series({j: plan.wn.get_node(j).elevation for j in street})
+    dmas = plan.dmas.set_index("id")
+    head = dmas["props"].map(lambda p: p["zone_head"])
+    by_zone = pd.DataFrame({"zone": dmas["props"].map(lambda p: p["pressure_zone"]), "head": head})
+    mean_ground = ground.groupby(zone[street].to_numpy()).mean()
+    per_zone = by_zone.assign(ground=mean_ground).groupby("zone").mean().sort_values("ground")
+    assert per_zone["head"].idxmax() == per_zone.index[-1]
+    assert per_zone["head"].idxmin() == per_zone.index[0]
+    assert per_zone["head"].iloc[-1] - per_zone["head"].iloc[0] > 15.0
+
+
+def test_zones_meet_only_at_metered_stations(hillside):
+    _, plan, results = hillside
+    wn = plan.wn
+    dmas = plan.dmas.set_index("id")
+    zone_of = dmas["props"].map(lambda p: p["pressure_zone"])
+    zone = plan.node_attrs["zone_id"].map(zone_of)
+    # every street main between two zones is closed
+    for _, pipe in wn.pipes():
+        a, b = zone.get(pipe.start_node_name), zone.get(pipe.end_node_name)
+        if isinstance(a, str) and isinstance(b, str) and a != b:
+            assert str(pipe.initial_status).lower().endswith("closed")
+    # water crosses into a zone through a pressure-reducing valve holding the zone's head,
+    # after booster pumps where it comes from lower ground
+    valves = [wn.get_link(v) for v in wn.valve_name_list]
+    assert valves and all(v.valve_type == "PRV" for v in valves)
+    pressure = results.node["pressure"]
+    head = results.node["head"]
+    meters = _of(plan.nodes, "meter")
+    for v in valves:
+        if not v.name.startswith("VB"):
+            continue
+        k = v.name[2:]
+        outlet = wn.get_link(f"PB{k}")  # the station's outlet main to the street junction
+        inner = outlet.end_node_name
+        zone_head = dmas.loc[plan.node_attrs.loc[inner, "zone_id"], "props"]["zone_head"]
+        assert np.allclose(pressure[v.end_node_name], v.initial_setting, atol=0.05)
+        assert np.allclose(head[v.end_node_name], zone_head, atol=0.1)
+        assert f"ws:PB{k}" in set(meters["link_id"])  # metered like every DMA inlet
+        if v.start_node_name.startswith("BS"):  # a booster: suction in the lower zone
+            pumps = [p for p in wn.pump_name_list if p.startswith(f"PUB{k}-")]
+            assert len(pumps) == 3
+            suction = wn.get_link(pumps[0]).start_node_name
+            assert zone[suction] != zone[inner]
+            flow = results.link["flowrate"][pumps].sum(axis=1)
+            assert (flow > 0).all()
+    boosters = [p for p in wn.pump_name_list if p.startswith("PUB")]
+    assert boosters  # the town's upper zone is pumped up to
+
+
+def test_a_zoned_network_exports_and_runs_the_same(hillside, make_twin, tmp_path):
+    layout, plan, results = hillside
+    store = make_twin("EPSG:4547", extent=layout.extent)
+    load_bundle(store, water_bundle(layout, plan))
+    out = tmp_path / "zoned.inp"
+    write_epanet(store, out, network_key="network/water_supply")
+    again = wntr.sim.EpanetSimulator(wntr.network.WaterNetworkModel(str(out))).run_sim(
+        file_prefix=str(tmp_path / "again")
+    )
+    pressure = results.node["pressure"]
+    assert np.allclose(again.node["pressure"][pressure.columns], pressure, atol=1e-3)
