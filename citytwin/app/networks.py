@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -20,6 +21,15 @@ import shapely
 from citytwin.errors import InvalidInput, NotFound
 from citytwin.formats.base import ImportBundle
 from citytwin.model import GRAVITY_NETWORKS, NETWORK_TYPES
+from citytwin.networks.clearance import (
+    ClearanceRules,
+    check_clearances,
+    clearance_lines,
+    default_clearance_rules,
+    load_clearance_rules,
+    parse_clearance_rules,
+    read_rule_file,
+)
 from citytwin.networks.excavation import Dig, critical_line, excavation_hits
 from citytwin.networks.graph import Network
 from citytwin.networks.segments import Isolation, IsolationModel
@@ -588,6 +598,57 @@ def segment_table(store: Store, network: str) -> tuple[NetworkData, IsolationMod
     data = load_network(store, network)
     model, _ = isolation_model(store, data)
     return data, model, model.criticality(by="residents")
+
+
+# -- clearances -------------------------------------------------------------------------------
+
+CLEARANCE_RULES_DOCUMENT = "rules/clearance"
+"""The twin document holding the city's own clearance rules (an override file's content)."""
+
+
+def twin_clearance_rules(store: Store, path: str | Path | None = None) -> ClearanceRules:
+    """The clearance rules for this twin: the default (GB 50289-2016), the city's own rules
+    kept in the twin (``CLEARANCE_RULES_DOCUMENT``) merged over it, and a rule file at
+    ``path`` merged over that."""
+    rules = default_clearance_rules()
+    kept = store.get_document(CLEARANCE_RULES_DOCUMENT)
+    if kept:
+        rules = parse_clearance_rules(
+            kept, source=f"twin document {CLEARANCE_RULES_DOCUMENT}", base=rules
+        )
+    return load_clearance_rules(path, base=rules)
+
+
+def keep_clearance_rules(store: Store, path: str | Path) -> ClearanceRules:
+    """Check the rule file at ``path`` and keep it in the twin as the city's own rules."""
+    content = read_rule_file(path)
+    rules = parse_clearance_rules(content, source=str(path), base=default_clearance_rules())
+    store.put_document(CLEARANCE_RULES_DOCUMENT, content)
+    return rules
+
+
+def clearance_check(
+    store: Store,
+    rules: ClearanceRules,
+    *,
+    networks: list[str] | None = None,
+    buildings: bool = True,
+    as_of: dt.datetime | None = None,
+) -> pd.DataFrame:
+    """Every clearance violation among the twin's utility lines (of ``networks``, default all)
+    and against its buildings (``citytwin.networks.clearance.check_clearances``)."""
+    where = [Filter("network", "in", list(networks))] if networks else []
+    for name in networks or ():
+        if name not in NETWORK_TYPES:
+            raise InvalidInput(
+                f"unknown network type {name!r}", hint=f"use one of {', '.join(NETWORK_TYPES)}"
+            )
+    nodes = store.query(
+        Query("utility_nodes", where=where, as_of=as_of, columns=("network", "cover_level"))
+    )
+    links = store.query(Query("utility_links", where=where, as_of=as_of))
+    footprints = store.query(Query("buildings", as_of=as_of, columns=())) if buildings else None
+    return check_clearances(clearance_lines(nodes, links, rules), rules, footprints)
 
 
 # -- excavation ----------------------------------------------------------------------------

@@ -314,3 +314,59 @@ def criticality(
             console.print(f"wrote {len(ranked):,} segments to {csv}")
 
     run(body)
+
+
+@network_app.command()
+def clearance(
+    twin: TwinOption,
+    network: Annotated[
+        list[str] | None,
+        typer.Option("--network", "-n", help="Only these networks (repeat; default all)."),
+    ] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(help="A city's rule file (YAML) merged over the twin's rules."),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Keep --rules in the twin as the city's own rules.")
+    ] = False,
+    buildings: Annotated[bool, typer.Option(help="Check against buildings too.")] = True,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 30,
+    geojson: GeoJSONOption = None,
+) -> None:
+    """Clearance check: utility lines closer to each other (in plan, or where they cross) or
+    to buildings than the rules allow (GB 50289-2016 by default; a city's own rules kept in
+    the twin or given with --rules)."""
+    from citytwin.app.networks import clearance_check, keep_clearance_rules, twin_clearance_rules
+
+    def body() -> None:
+        if keep and rules is None:
+            raise CityTwinError("--keep needs --rules FILE")
+        store = open_twin(twin, read_only=not keep)
+        try:
+            if keep:
+                keep_clearance_rules(store, rules)  # type: ignore[arg-type]
+                console.print(f"kept {rules} as the twin's clearance rules")
+            table = twin_clearance_rules(store, None if keep else rules)
+            found = clearance_check(store, table, networks=network, buildings=buildings)
+            crs = store.meta.crs
+        finally:
+            store.close()
+        files = [f if f.startswith("twin ") else Path(f).name for f in table.files]
+        console.print(f"rules: {table.name} ({', '.join(files)})")
+        if not len(found):
+            console.print("[green]no clearance violation found[/]")
+            return
+        counts = found.groupby(["kind", "network_a", "network_b"]).size().rename("count")
+        _table(counts.reset_index(), ["kind", "network_a", "network_b", "count"])
+        columns = ["kind", "id_a", "id_b", "required_m", "actual_m", "x", "y", "depth"]
+        _table(found, columns, title="Clearance violations", limit=limit)
+        console.print(f"{len(found):,} violations")
+        points = gpd.GeoDataFrame(
+            found, geometry=gpd.points_from_xy(found["x"], found["y"]), crs=crs
+        )
+        from citytwin.app.networks import features_geojson
+
+        _write_geojson(geojson, features_geojson(points))
+
+    run(body)

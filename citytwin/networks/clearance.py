@@ -184,19 +184,35 @@ def _key(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
 
 
-def load_clearance_rules(path: str | Path | None = None) -> ClearanceRules:
-    """The default rule table (GB 50289-2016, ``data/clearance_gb50289.yaml``), with a city's
-    own YAML file at ``path`` merged over it: its rules replace the default's for the same pair
-    of classes and kind (``value: null`` switches one off). Raises ``InvalidInput`` naming the
-    file and the entry for anything it can't take, ``NotFound`` for a missing file."""
-    text = resources.files("citytwin.networks").joinpath("data", DEFAULT_RULES).read_text("utf-8")
-    rules = parse_clearance_rules(_yaml(text, DEFAULT_RULES), source=DEFAULT_RULES)
+def load_clearance_rules(
+    path: str | Path | None = None, *, base: ClearanceRules | None = None
+) -> ClearanceRules:
+    """The default rule table (GB 50289-2016, ``data/clearance_gb50289.yaml``), or ``base``,
+    with a city's own YAML file at ``path`` merged over it: its rules replace the default's for
+    the same pair of classes and kind (``value: null`` switches one off). Raises
+    ``InvalidInput`` naming the file and the entry for anything it can't take, ``NotFound`` for
+    a missing file."""
+    rules = base or default_clearance_rules()
     if path is None:
         return rules
     p = Path(path)
     if not p.is_file():
         raise NotFound(f"clearance rule file {p} does not exist")
-    return parse_clearance_rules(_yaml(p.read_text("utf-8"), str(p)), source=str(p), base=rules)
+    return parse_clearance_rules(read_rule_file(p), source=str(p), base=rules)
+
+
+def default_clearance_rules() -> ClearanceRules:
+    """The default rule table shipped with CityTwin (GB 50289-2016's established values)."""
+    text = resources.files("citytwin.networks").joinpath("data", DEFAULT_RULES).read_text("utf-8")
+    return parse_clearance_rules(_yaml(text, DEFAULT_RULES), source=DEFAULT_RULES)
+
+
+def read_rule_file(path: str | Path) -> dict:
+    """A rule file's content (parsed YAML, not yet checked: ``parse_clearance_rules`` does)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NotFound(f"clearance rule file {p} does not exist")
+    return _yaml(p.read_text("utf-8"), str(p))
 
 
 def _yaml(text: str, source: str) -> dict:

@@ -11,10 +11,13 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
+from citytwin.app.networks import CLEARANCE_RULES_DOCUMENT
 from citytwin.formats.base import ImportBundle, Raster, load_bundle
 from citytwin.formats.raster import grid_geotiff
 from citytwin.model import TwinMeta
+from citytwin.networks.clearance import read_rule_file
 from citytwin.store import Store, create_store
+from citytwin.synth.corridors import VIRTUAL_CITY_RULES
 from citytwin.synth.drainage import DrainagePlan, drainage_bundle, plan_drainage
 from citytwin.synth.layout import CRS, IMPERVIOUS, SOURCE, CityLayout, plan_layout
 from citytwin.synth.sensors import plan_sensors
@@ -157,6 +160,8 @@ def plan_city(
         drainage_bundle(layout, drainage),
         utilities_bundle(layout, utilities),
     ]
+    # the city's own clearance rules, kept in the twin for its clearance checks
+    bundles[0].documents[CLEARANCE_RULES_DOCUMENT] = read_rule_file(VIRTUAL_CITY_RULES)
     for bundle in bundles[1:]:
         for name in ("utility_nodes", "utility_links"):
             frame = bundle.layers[name]

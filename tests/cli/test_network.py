@@ -152,3 +152,44 @@ def test_import_lines_and_snap_their_ends(tmp_path, shared_data):
     bad = run("import", ky4 / "ky4_pipes.geojson", "-t", twin, "--layer", "utility_links",
               "--class", "pipe", "--id-field", "name", "--snap", "0.05", ok=False)  # fmt: skip
     assert bad.exit_code == 1 and "network type" in bad.output
+
+
+def test_clearance_finds_the_seeded_violations(virtual_city, store, tmp_path):
+    out = tmp_path / "violations.geojson"
+    result = run("network", "clearance", "-t", virtual_city, "--geojson", out)
+    seeded = store.get_document("synth/clearance_violations")["violations"]
+    expected = {frozenset((v["feature_ids"][0], x)) for v in seeded for x in v["feature_ids"][1:]}
+    found = json.loads(out.read_text())["features"]
+    assert {
+        frozenset((f["properties"]["id_a"], f["properties"]["id_b"])) for f in found
+    } == expected
+    assert f"{len(found):,} violations" in result.output
+    assert "virtual city design rules" in result.output
+    only_water = run("network", "clearance", "-t", virtual_city, "-n", "water_supply",
+                     "--no-buildings")  # fmt: skip
+    assert "no clearance violation found" in only_water.output
+
+
+def test_clearance_rules_given_kept_and_refused(virtual_city, tmp_path):
+    import shutil
+
+    twin = tmp_path / "copy.twin"
+    shutil.copy(virtual_city, twin)
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        "name: strict\nrules:\n  - between: [gas, power]\n"
+        "    horizontal: {value: 5.0, source: test}\n"
+    )
+    check = ("network", "clearance", "-t", twin, "-n", "gas", "-n", "power", "--no-buildings")
+    loose = run(*check, "--geojson", tmp_path / "a.geojson")
+    tight = run(*check, "--rules", strict, "--geojson", tmp_path / "b.geojson")
+    n_loose = len(json.loads((tmp_path / "a.geojson").read_text())["features"])
+    n_tight = len(json.loads((tmp_path / "b.geojson").read_text())["features"])
+    assert n_tight > n_loose and "strict" in tight.output and "strict" not in loose.output
+    run("network", "clearance", "-t", twin, "--rules", strict, "--keep", "-n", "gas")
+    kept = run(*check)
+    assert "rules: strict" in kept.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("rules:\n  - between: [gas, sewage]\n    horizontal: {value: 1, source: x}\n")
+    bad = run("network", "clearance", "-t", twin, "--rules", broken, ok=False)
+    assert bad.exit_code == 1 and "broken.yaml" in bad.output and "sewage" in bad.output
