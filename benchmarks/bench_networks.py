@@ -30,7 +30,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from citytwin.networks.graph import Network
+from citytwin.hydraulics.epanet import network_from_wntr
 from citytwin.networks.segments import IsolationModel, valve_segments
 
 Row = tuple[str, str, str, str, str]
@@ -53,13 +53,7 @@ def epanet_network(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wn = wntr.network.WaterNetworkModel(str(path))
-    links = wn.link_name_list
-    net = Network.from_ids(
-        wn.node_name_list,
-        links,
-        [wn.get_link(k).start_node_name for k in links],
-        [wn.get_link(k).end_node_name for k in links],
-    )
+    net = network_from_wntr(wn)
     return wn, net
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import tempfile
 
+import numpy as np
 import pandas as pd
 import wntr
+
+from citytwin.networks.graph import Network
 
 
 def run_epanet(wn: wntr.network.WaterNetworkModel) -> wntr.sim.results.SimulationResults:
@@ -21,3 +24,18 @@ def flows_at(results: wntr.sim.results.SimulationResults, hour: float) -> pd.Ser
     flow = results.link["flowrate"]
     at = flow.index.get_indexer([hour * 3600.0], method="nearest")[0]
     return flow.iloc[at]
+
+
+def network_from_wntr(wn: wntr.network.WaterNetworkModel) -> Network:
+    """The topology of a wntr model as the network engine takes it: wntr's node and link
+    names as ids, node coordinates, pipe lengths (NaN for pumps and valves)."""
+    names = wn.link_name_list
+    links = [wn.get_link(k) for k in names]
+    return Network.from_ids(
+        wn.node_name_list,
+        names,
+        [link.start_node_name for link in links],
+        [link.end_node_name for link in links],
+        node_xy=np.array([wn.get_node(n).coordinates for n in wn.node_name_list], dtype=float),
+        link_length=np.array([getattr(link, "length", np.nan) for link in links], dtype=float),
+    )

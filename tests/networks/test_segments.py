@@ -14,6 +14,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from citytwin.errors import InvalidInput, NotFound
+from citytwin.hydraulics.epanet import network_from_wntr
 from citytwin.networks.graph import Network
 from citytwin.networks.kernels import articulation_points, bridges, csr_neighbours, lowlink
 from citytwin.networks.segments import IsolationModel, criticality, isolate, valve_segments
@@ -30,13 +31,7 @@ def epanet(name: str) -> tuple[wntr.network.WaterNetworkModel, Network]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wn = wntr.network.WaterNetworkModel(str(package_data(*NETWORKS[name])))
-    links = wn.link_name_list
-    net = Network.from_ids(
-        wn.node_name_list,
-        links,
-        [wn.get_link(k).start_node_name for k in links],
-        [wn.get_link(k).end_node_name for k in links],
-    )
+    net = network_from_wntr(wn)
     return wn, net
 
 

@@ -12,6 +12,7 @@ import pytest
 import wntr
 
 from citytwin.errors import InvalidInput, NotFound
+from citytwin.hydraulics.epanet import network_from_wntr
 from citytwin.networks.topology import network_from_ids
 from citytwin.networks.trace import (
     BACKWARD,
@@ -36,18 +37,7 @@ from tests.conftest import package_data
 @pytest.fixture(scope="module")
 def net3():
     wn = wntr.network.WaterNetworkModel(str(package_data("wntr", "library/networks/Net3.inp")))
-    names = wn.link_name_list
-    length = np.array(
-        [wn.get_link(k).length if k in wn.pipe_name_list else np.nan for k in names]
-    )
-    net = network_from_ids(
-        wn.node_name_list,
-        names,
-        [wn.get_link(k).start_node_name for k in names],
-        [wn.get_link(k).end_node_name for k in names],
-        node_xy=np.array([wn.get_node(n).coordinates for n in wn.node_name_list], float),
-        link_length=length,
-    ).network
+    net = network_from_wntr(wn)
     return wn, net
 
 
