@@ -119,6 +119,7 @@ def check(
     """Topology check: dangling ends, near-misses, duplicate and zero-length links, components
     without a source, isolated nodes, sewers falling the wrong way."""
     from citytwin.app.networks import check_network
+    from citytwin.networks.trace import loops
 
     def body() -> None:
         store = open_twin(twin, read_only=True)
@@ -127,9 +128,11 @@ def check(
         finally:
             store.close()
         graph, comps = data.graph, report.components
+        ring = loops(graph, closed=data.closed_links)
         console.print(
             f"{network}: {graph.n_nodes:,} nodes, {graph.n_links:,} links, "
-            f"{int((comps['n_links'] > 0).sum()):,} connected parts"
+            f"{int((comps['n_links'] > 0).sum()):,} connected parts, {ring.count:,} independent "
+            f"loops ({len(ring.on_loop):,} links on a loop, {len(ring.bridges):,} bridges)"
         )
         if report.ok:
             console.print("[green]no topology issue found[/]")

@@ -24,6 +24,12 @@ def test_check_lists_issues_and_writes_geojson(virtual_city, tmp_path):
     out = tmp_path / "issues.geojson"
     result = run("network", "check", "-t", virtual_city, "-n", "water_supply", "--geojson", out)
     assert "water_supply:" in result.output and "connected parts" in result.output
+    with open_store(virtual_city, read_only=True) as s:
+        data = load_network(s, "water_supply")
+    open_links = ~data.closed_links
+    n_parts, _ = data.graph.components(open_links)
+    independent = int(open_links.sum()) - data.graph.n_nodes + n_parts
+    assert f"{independent:,} independent loops" in result.output
     fc = json.loads(out.read_text()) if out.exists() else {"features": []}
     assert all(f["properties"]["kind"] for f in fc["features"])
     bad = run("network", "check", "-t", virtual_city, "-n", "sewage", ok=False)
