@@ -377,7 +377,7 @@ def snap_links(
 
 TERMINAL_CLASSES = (
     "reservoir", "tank", "service_connection", "hydrant", "outfall", "inlet", "storage",
-    "substation", "transformer", "regulator", "pumping_station",
+    "substation", "transformer", "regulator", "pumping_station", "cap",
 )  # fmt: skip
 """Node classes that may end a line: not dangling ends."""
 

@@ -308,6 +308,7 @@ LAYERS: dict[str, Layer] = {
                 "substation",
                 "transformer",
                 "chamber",
+                "cap",  # end cap or plug closing a line (a dead-ended main)
                 "other",
             ),
             (

@@ -70,6 +70,11 @@ def layout_bundle(layout: CityLayout) -> ImportBundle:
             crs=CRS,
         ),
     )
+    if len(layout.creeks):  # the creeks, reach by reach (each with its normal water level)
+        bundle.add(
+            "water_bodies",
+            layout.creeks[["id", "class", "name", "water_level", "props", "geometry"]],
+        )
     blocks = layout.blocks
     land = gpd.GeoDataFrame(
         {

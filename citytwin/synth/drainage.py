@@ -1,10 +1,19 @@
 """The virtual city's drainage: separate foul and storm sewers, combined sewers in the old town.
 
-Every network is a tree on the street graph (bridges carry no gravity sewers): each street
-node in the network's corridor gets a manhole, and its one outgoing pipe runs along a street
-towards the catchment's sink on the river bank, chosen by a shortest-path tree that makes
-climbing expensive (so the flow follows the terrain). Pipes are sized from the upstream ends
-down:
+Every network is a tree of pipes under the streets (bridges carry no gravity sewers): a manhole
+at each street node of the network's corridor and between them at most ``MANHOLE_SPACING``
+apart, so that every street has its sewer; each manhole's one outgoing pipe runs towards the
+catchment's sink, chosen by a shortest-path tree that makes climbing expensive (so the flow
+follows the terrain). The sinks: a pumping station on the river bank at a street corner in each
+stretch of it (``SINK_SPACING``), and for the storm sewers the creeks (河涌, ``layout.creeks``)
+that cross the town to the river: an outfall with a flap gate through the creek's wall beside
+each bridge, where the sewers can be expected to reach it above the creek's normal level. Where
+a storm sewer would still reach its creek below that level, a drainage pumping station beside
+the creek pumps into it instead (one for each ``CREEK_PUMP_SPACING`` of the creek's bank; the
+other such outfalls are given up and their catchments drain to the neighbours). The creeks keep
+every storm catchment small: no conduit needs more than a 3.0 × 3.0 m box culvert (the largest
+standard section here; any that would is listed in ``notes["conduits_over_capacity"]``).
+Pipes are sized from the upstream ends down:
 
 - storm (and the rain part of combined): the rational method, Q = ψ·q·F, with the Guangzhou
   storm formula for P = 2 years at t = 5 min inlet time + the flow time in the pipes above
@@ -14,40 +23,53 @@ down:
 - foul: 200 L per resident and 50 L per worker a day, times the peak factor Kz = 2.7/Q^0.11
   (Q in L/s, held to 1.3–2.3: the usual fit of GB 50014's table), at most 60 % full;
 
-to the smallest standard DN 300–2000 (then box culverts, RECT_CLOSED, with barrels) whose full
-flow at the pipe's slope carries it, never smaller than any pipe above. Each street edge places
-its sewers in the band its other lines leave (``citytwin.synth.corridors``) from the widths of
-the pipes laid there, the design repeated until every pipe fits the width it was placed for
-(the tree and catchments don't move with it); conduits wider than their band are listed
+to the smallest standard DN 300–2000 (then box culverts, RECT_CLOSED) whose full flow at the
+pipe's slope carries it, never smaller than any pipe above. Each street edge places its sewers
+in the band its other lines leave (``citytwin.synth.corridors``) from the widths of the pipes
+laid there, the design repeated until every pipe fits the width it was placed for (the tree and
+catchments don't move with it); conduits wider than their band are listed
 (``notes["conduits_too_wide"]``, and in the bundle's ``synth/clearance_shortfalls``). Pipes
-keep the gravity networks' minimum cover (``cover_depth``: below the water services) and pass
-the vertical clearance below every water pipe (``water``) and, for foul sewers, designed after
-the storm sewers, every storm pipe they cross: their minimum cover is deepened at both ends of
-such a pipe and the network designed again (``_Network.design_clear_of``). Pipes
-follow the ground where it falls and otherwise fall at the minimum slope for their size (0.9/DN
-in mm: 0.3 % for DN300, no less than 0.1 %), crowns matched at manholes. Where a pipe would
-end deeper than 6.5 m, a lift station (wet well, pump with a depth–flow curve, discharge
-chamber) starts the next pipe at minimum cover; where even that pipe would end too deep (the
-street climbs), the station pumps through a rising main to the next manhole.
+keep the gravity networks' minimum cover (``cover_depth``: below the water services) at every
+manhole and pass the vertical clearance below every water pipe (``water``) they cross; foul
+and combined sewers, designed after the storm sewers, pass below every storm pipe they cross:
+their minimum cover is deepened at both ends of such a pipe and the network designed again
+(``_Network.design_clear_of``). Pipes follow the ground where it falls and otherwise fall at
+the minimum slope for their size (0.9/DN in mm: 0.3 % for DN300, no less than 0.1 %), crowns
+matched at manholes. Where a pipe would end deeper than 8.5 m, a lift station (wet well, pump
+with a depth–flow curve, discharge chamber) starts the next pipe at minimum cover; where even
+that pipe would end too deep (the street climbs), the station pumps through a rising main to
+the next manhole.
+
+Every building's foul drain leaves it at the point of its footprint nearest the manhole its
+lateral runs to (of the few nearest, the one it reaches shallowest): a DN 150 (DN 200 for the
+largest flows) ``service_pipe`` falling at least ``LATERAL_SLOPE`` from the gravity networks'
+minimum cover, below every water pipe and storm sewer it crosses (or over a storm sewer that
+lies deep enough), its crown at the manhole never below the sewer's (the sewer's minimum cover
+there is deepened to take it: the textbook rule that house connections set a foul sewer's
+depth). The laterals are GIS features; their flows join the SWMM model at their manholes.
 
 The river's normal level (1.5 m) is close below the low ground of its banks (2–3 m), so no
 sewer laid with minimum cover can reach the river by gravity: as in the Pearl River Delta,
-every storm and combined catchment ends in a drainage pumping station on the bank that lifts
-the water to an outfall at the river's normal level (a FIXED stage there); the combined
-stations send up to three times the dry-weather flow (interception ratio 2) to the sewage
-treatment works and spill the rest to the river. Foul catchments end in sewage pumping
-stations whose rising mains run to the treatment works by the river downstream.
+every storm and combined catchment that does not drain to a creek ends in a drainage pumping
+station on the bank that lifts the water to an outfall at the river's normal level (a FIXED
+stage there); the combined stations send up to three times the dry-weather flow (interception
+ratio 2) to the sewage treatment works and spill the rest to the river. Foul catchments end in
+sewage pumping stations whose rising mains run to the treatment works by the river downstream.
+A pumping station is its wet well: the ``storage`` node carries the station's name and, in its
+props, role, pumps and capacity (and a ``pumping_station`` facility stands around it).
 
 ``plan_drainage`` is pure: tables and a SWMM 5 INP text per network (CMS, DYNWAVE with a 2 s
 variable routing step, ALLOW_PONDING NO so flood water leaves the model as flooding, one
 thread, 4 simulated hours for storm and combined, a day of dry-weather flow for foul; the
-storm and combined models carry the 2-year Chicago design storm and run as they are).
+storm and combined models carry the 2-year Chicago design storm and run as they are; creek
+outfalls are FIXED at the creek's normal level, with flap gates).
 ``drainage_bundle`` turns the plan into model features through the SWMM adapter.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -72,7 +94,7 @@ from citytwin.synth.corridors import (
     street_lines,
     vertical,
 )
-from citytwin.synth.layout import IMPERVIOUS, SOURCE, CityLayout
+from citytwin.synth.layout import CREEK_SETBACK, IMPERVIOUS, SOURCE, CityLayout
 
 PREFIXES = {"storm": "st:", "sewer": "sw:", "combined": "cb:"}
 """Feature id prefix of each drainage network's SWMM objects (its document's ``id_prefix``)."""
@@ -91,6 +113,16 @@ LOW_LIFT_GAIN = 1.2  # pump flow with the incoming pipe full / at half full (les
 DISCHARGE_OFFSET = 6.0  # m from a lift station's wet well to its discharge chamber
 BANK_REACH = 200.0  # m: street nodes this close to the river can host a catchment's sink
 SINK_SPACING = {"storm": 500.0, "combined": 500.0, "sewer": 1200.0}  # m along each bank
+MANHOLE_SPACING = 75.0  # m, the most between manholes (GB 50014-2021 table 5.4.2, recalled)
+CREEK_PUMP_SPACING = 900.0  # m of a creek's bank per drainage pumping station beside it
+GRAVITY_REACH = 4.5  # m: a storm outfall to a creek where the ground is this far above its level
+LATERAL_SLOPE = 0.01  # fall of the buildings' laterals (DN 150/200)
+LATERAL_FILL = 0.5  # a building's peak foul flow / full-bore flow of its lateral (else DN 200)
+LATERAL_OUTER = {0.15: 0.16, 0.2: 0.225}  # m, outer diameter of the laterals (PVC-U, HDPE)
+LATERAL_MARGIN = 0.003  # m kept beyond the covers and clearances a lateral is laid to
+LATERAL_CHOICES = 4  # manholes near a building its lateral may run to
+LATERAL_DETOUR = 30.0  # m: a lateral runs to a manhole at most this much farther than the nearest
+LATERAL_LENGTH_COST = 0.02  # m of depth a metre of lateral is worth, choosing among them
 UPHILL_COST = 300.0  # m of extra path per m a pipe climbs (flow follows the terrain)
 WWTP_PER_KM2 = 1 / 150  # sewage treatment works per km² (at least one)
 MANNING = {"CIRCULAR": 0.013, "RECT_CLOSED": 0.014}  # design roughness
@@ -123,9 +155,8 @@ def _sections() -> pd.DataFrame:
     """Standard sections by capacity: DN 300–2000 pipes, then box culverts (with barrels)."""
     rows = [("CIRCULAR", d, d, 1) for d in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2,
                                            1.35, 1.5, 1.65, 1.8, 2.0)]  # fmt: skip
-    boxes = [(1.8, 2.5), (2.0, 3.0), (2.5, 3.5), (2.5, 4.0), (3.0, 4.5), (3.0, 5.0)]
+    boxes = [(2.0, 2.0), (2.0, 2.5), (2.0, 3.0), (2.5, 3.0), (3.0, 3.0)]  # (height, width)
     rows += [("RECT_CLOSED", h, w, 1) for h, w in boxes]
-    rows += [("RECT_CLOSED", 3.0, 5.0, k) for k in range(2, 13)]
     frame = pd.DataFrame(rows, columns=["shape", "height", "width", "barrels"])
     circ = frame["shape"] == "CIRCULAR"
     h, w, k = frame["height"], frame["width"], frame["barrels"]
@@ -148,7 +179,9 @@ class DrainageNetwork:
     """One drainage network: its tables and its SWMM model.
 
     ``nodes``: name, kind (junction / storage / outfall), role, x, y, invert, max_depth,
-    ground, street_node, catchment. ``links``: name, kind (conduit / pump), from_node,
+    ground (of an outfall to a creek: its bank), street_node (-1: between street nodes),
+    catchment, stage (an outfall's fixed water level; NaN: free), gate (a flap gate).
+    ``links``: name, kind (conduit / pump), from_node,
     to_node, length, shape, height, width, barrels, invert_from, invert_to, roughness,
     material, design_flow, capacity. ``subcatchments``: name, block, land_use, outlet, area
     (m²), imperviousness, width, slope, geometry. ``stations``: name, role (drainage / lift /
@@ -172,7 +205,10 @@ class DrainagePlan:
 
     seed: int
     networks: dict[str, DrainageNetwork]
-    connections: pd.DataFrame  # building_id, network, x, y (drain exit), dwf (m³/s), node
+    connections: pd.DataFrame
+    """Each building's connection and lateral: building_id, network, x, y (drain exit), dwf
+    (m³/s), node (its manhole's SWMM name), node_x, node_y, dn, outer (m), length, ground0,
+    ground1 (at both ends), cover0, cover1 (over the crown), invert0, invert1."""
     treatment_plants: gpd.GeoDataFrame  # name, x, y (its outfall on the bank), geometry
     storm: tuple[np.ndarray, np.ndarray]  # the design storm: step starts (min), mm/h
     return_period: float = DESIGN_RETURN_PERIOD
@@ -187,25 +223,26 @@ def plan_drainage(
     return_period: float = DESIGN_RETURN_PERIOD,
     water: pd.DataFrame | None = None,
 ) -> DrainagePlan:
-    """Lay out, size and model the drainage of ``layout``; ``seed`` picks pipe materials.
+    """Lay out, size and model the drainage of ``layout`` (to the river and its creeks) and
+    every building's lateral; ``seed`` picks pipe materials.
     ``water``: the water network's ``utility_links`` frame, if laid already: its widest main
-    in each street line sets how far from it the storm sewer stays, and gravity pipes pass
-    the vertical clearance below every water pipe they cross."""
+    in each street line sets how far from it the storm sewer stays, and gravity pipes and
+    the buildings' laterals pass the vertical clearance below every water pipe they cross."""
     rng = np.random.default_rng([seed, 0xD7A1])
     streets, river = layout.streets, layout.river
     n = len(streets.nodes)
-    edges = streets.edges[~streets.bridge]
+    runs = np.flatnonzero(~np.asarray(streets.bridge, dtype=bool))  # the edges sewers run along
+    edges = streets.edges[runs]
     bank_dist = shapely.distance(river.channel, shapely.points(streets.nodes))
     combined = _combined_nodes(layout, edges, bank_dist)
     storm = chicago_hyetograph(return_period, formula=formula)
+    crossings = _creek_crossings(layout)
 
     blocks = layout.blocks
     block_xy = shapely.get_coordinates(shapely.centroid(blocks.geometry.to_numpy()))
     old_block = (blocks["land_use"] == "old_town").to_numpy() & combined.any()
-    land_use = pd.Series(blocks["land_use"].to_numpy(), index=blocks["block"].to_numpy())
     buildings = layout.buildings
-    old_building = land_use.reindex(buildings["block"]).to_numpy() == "old_town"
-    old_building &= combined.any()
+    old_building = _on_combined_streets(layout, combined, runs)
     plants = _treatment_plants(layout)
     mains = _Obstacles.water(water) if water is not None else None
     band = _bands(layout, water)
@@ -213,24 +250,62 @@ def plan_drainage(
     members = {"storm": ~combined, "sewer": ~combined, "combined": combined}
     members = {name: mask for name, mask in members.items() if mask.any()}
     assumed = {name: np.zeros(len(streets.edges)) for name in members}  # widest pipe per edge
-    for round_ in range(8):  # until every pipe fits the widths its street was laid out for
-        offsets = _edge_offsets(band, assumed)
-        designed: dict[str, _Network] = {}
-        served: dict[str, pd.DataFrame] = {}
-        for name, mask in members.items():
-            xy = _shifted(streets, offsets[name], name)
-            net = _Network(name, layout, np.flatnonzero(mask), edges, bank_dist[mask], xy)
+    dropped: set[str] = set()  # creek outfalls the storm sewers don't use
+    pumped: dict[str, tuple] = {}  # creek outfalls a pumping station pumps to: their stretch
+
+    def lay(name: str, xy: np.ndarray, designed: dict[str, _Network]) -> _Network:
+        """One network laid and designed in the corridor ``xy``; for the storm sewers without
+        the creek outfalls they would reach below the creek's level (those catchments drain
+        to the others, or to the river)."""
+        while True:
+            outfalls = crossings if name == "storm" else None  # storm sewers outfall to creeks
+            across = crossings if name != "storm" else None  # foul sewers cross them
+            net = _Network(
+                name, layout, np.flatnonzero(members[name]), runs, xy, outfalls, dropped, across
+            )
+            unused = net.unused_outfalls()  # the street beside them drains elsewhere
+            if unused:
+                dropped.update(unused)
+                continue
             if name != "sewer":
                 mine = old_block if name == "combined" else ~old_block
                 net.add_blocks(blocks[mine], block_xy[mine])
+            below = [mains] if mains is not None else []
+            if name != "storm" and "storm" in designed:
+                # foul and combined sewers, and the laterals into them, keep clear of the storm
+                # sewers they cross: below them, or above where there is room
+                below.append(_Obstacles.network(designed["storm"], SEWER_CLEARANCE))
             if name != "storm":
                 mine = old_building if name == "combined" else ~old_building
-                served[name] = net.add_buildings(buildings[mine])
-            below = [mains] if mains is not None else []
-            if name == "sewer":  # foul sewers keep clear of the storm sewers they cross
-                below.append(_Obstacles.network(designed["storm"], SEWER_CLEARANCE))
+                net.add_buildings(buildings[mine])
+                net.lay_laterals(below)
             net.design_clear_of(below, formula, return_period)
-            designed[name] = net
+            drowned = net.drowned_outfalls()
+            # a drainage pumping station beside the creek for each stretch of its bank, where
+            # the sewers reach it too deep: the others' catchments drain to those (or the river)
+            drowned = drowned[~drowned["label"].isin(pumped)]
+            if not len(drowned):
+                return net
+            drowned = drowned.sort_values(["flow", "label"], ascending=[False, True])
+            first = ~drowned.duplicated(["wall", "bin"]) & ~drowned.set_index(
+                ["wall", "bin"]
+            ).index.isin(list(pumped.values()))
+            pumped.update(
+                zip(
+                    drowned["label"][first],
+                    zip(drowned["wall"][first], drowned["bin"][first], strict=True),
+                    strict=True,
+                )
+            )
+            if first.all():  # stations beside the creek for all of them: nothing moves
+                return net
+            dropped.update(drowned["label"][~first])
+
+    for round_ in range(8):  # until every pipe fits the widths its street was laid out for
+        offsets = _edge_offsets(band, assumed)
+        designed: dict[str, _Network] = {}
+        for name in members:
+            designed[name] = lay(name, _shifted(streets, offsets[name], name), designed)
         widths = {name: net.edge_widths() for name, net in designed.items()}
         if all((widths[k] <= assumed[k] + 1e-9).all() for k in members):
             break
@@ -243,13 +318,18 @@ def plan_drainage(
     connections = []
     for name, net in designed.items():
         networks[name] = net.model(rng, storm, plants)
-        if name in served:
-            conn = served[name]
-            conn["node"] = net.node_name[conn.pop("local").to_numpy()]
-            connections.append(conn)
+        if net.conn is not None:
+            connections.append(net.laterals())
     conn = pd.concat(connections, ignore_index=True)
     # pipes wider than their street leaves room for: they break clearances there
     too_wide = [net.too_wide(band) for net in designed.values()]
+    over = [
+        f"{net.prefix}{r.name}"
+        for net in networks.values()
+        for r in net.links.itertuples(index=False)
+        if r.kind == "conduit"
+        and r.capacity < r.design_flow / (FOUL_FILL if net.network == "sewer" else 1.0) - 1e-9
+    ]
     return DrainagePlan(
         seed,
         networks,
@@ -261,6 +341,8 @@ def plan_drainage(
             "street_nodes": n,
             "combined_street_nodes": int(combined.sum()),
             "conduits_too_wide": sorted(x for ids in too_wide for x in ids),
+            "conduits_over_capacity": sorted(over),
+            "creek_outfalls": int(sum(net.outfall.sum() for net in designed.values())),
         },
     )
 
@@ -410,12 +492,29 @@ def _combined_nodes(layout: CityLayout, edges: np.ndarray, bank_dist: np.ndarray
     return combined | (separate & ~reach[labels])
 
 
+def _on_combined_streets(layout: CityLayout, combined: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Buildings whose foul drains go to the combined sewer: those the nearest street with a
+    combined sewer in it passes (``combined``: the street nodes of the combined network;
+    ``runs``: the street edges sewers run along)."""
+    s = layout.streets
+    both = combined[s.edges[runs]]
+    mine = both.all(axis=1) | ~both.any(axis=1)  # edges with a combined or a foul sewer
+    centres = shapely.centroid(layout.buildings.geometry.to_numpy())
+    if not combined.any():
+        return np.zeros(len(centres), bool)
+    edge = runs[mine][
+        shapely.STRtree(s.lines()[runs[mine]]).query_nearest(centres, all_matches=False)[1]
+    ]
+    return combined[s.edges[edge, 0]]
+
+
 def _treatment_plants(layout: CityLayout) -> gpd.GeoDataFrame:
     """Sewage treatment works by the river downstream, one per ~150 km², alternating banks;
     each with its outfall point on the bank."""
     river, side = layout.river, layout.side
     count = max(1, round(layout.area_km2 * WWTP_PER_KM2))
     line = river.centerline
+    creeks = layout.creeks[layout.creeks["reach"] == 1]
     rows = []
     for k in range(count):
         along = line.length * (k + 0.9) / count
@@ -423,12 +522,288 @@ def _treatment_plants(layout: CityLayout) -> gpd.GeoDataFrame:
         bank = shapely.offset_curve(line, sign * river.width / 2)
         point = bank.interpolate(bank.project(line.interpolate(along)))
         x = min(max(point.x, layout.origin[0] + 150.0), layout.origin[0] + side - 150.0)
+        for c in creeks.itertuples(index=False):  # beside a creek's mouth, not over it
+            clear = 110.0 + c.width / 2 + CREEK_SETBACK
+            if abs(x - c.x) < clear:
+                x = c.x + clear if x >= c.x else c.x - clear
         point = bank.interpolate(bank.project(shapely.Point(x, point.y)))
         y0, y1 = sorted((point.y, point.y + sign * 140.0))  # on the land side of its outfall
         plant = shapely.box(point.x - 110.0, y0, point.x + 110.0, y1)
         plant = shapely.difference(plant, river.channel.buffer(5.0))
         rows.append({"name": f"WWTP{k + 1}", "x": point.x, "y": point.y, "geometry": plant})
     return gpd.GeoDataFrame(rows, geometry="geometry", crs=layout.crs)
+
+
+@dataclass
+class _Graph:
+    """The pipe graph of one network: its manholes at the street nodes, between them every
+    ``MANHOLE_SPACING`` m at most, and at the creek walls its outfalls."""
+
+    street: np.ndarray  # street node of each node (-1: between street nodes, or an outfall)
+    label: np.ndarray  # name of each node after its kind's prefix (object)
+    plan_xy: np.ndarray  # (n, 2) in the network's nominal corridor
+    xy: np.ndarray  # (n, 2) where laid (the corridor moved by the widths of the pipes laid)
+    outfall: np.ndarray  # bool: an outfall through a creek's wall
+    level: np.ndarray  # normal water level of the creek at an outfall (NaN elsewhere)
+    bank: np.ndarray  # (n, 2) where an outfall's ground is taken: on the bank behind the wall
+    edges: np.ndarray  # (k, 2) node pairs a pipe may run between
+    edge_street: np.ndarray  # (k,) the street edge each runs along
+
+
+def _creek_crossings(layout: CityLayout) -> pd.DataFrame:
+    """Street edges that bridge a creek: edge, its west and east nodes, the creek's walls
+    (x) on either side and the normal water level of the reach below the bridge."""
+    s, creeks = layout.streets, layout.creeks
+    creeks = creeks[~creeks["culvert"].to_numpy(bool)] if len(creeks) else creeks
+    bridges = np.flatnonzero(np.asarray(s.bridge, dtype=bool))
+    cols = ["edge", "west", "east", "wall_west", "wall_east", "level", "reach"]
+    if not len(creeks) or not len(bridges):
+        return pd.DataFrame({c: [] for c in cols})
+    lines = s.lines()[bridges]
+    i, j = shapely.STRtree(creeks.geometry.to_numpy()).query(lines, predicate="intersects")
+    first = np.unique(i, return_index=True)[1]  # a bridge spans one creek (one reach of it)
+    i, j = i[first], j[first]
+    e = bridges[i]
+    a, b = s.edges[e, 0], s.edges[e, 1]
+    west = np.where(s.nodes[a, 0] <= s.nodes[b, 0], a, b)
+    east = np.where(west == a, b, a)
+    x, w = creeks["x"].to_numpy(float)[j], creeks["width"].to_numpy(float)[j]
+    return pd.DataFrame(
+        {
+            "edge": e,
+            "west": west,
+            "east": east,
+            "wall_west": x - w / 2,
+            "wall_east": x + w / 2,
+            "level": creeks["water_level"].to_numpy(float)[j],
+            "reach": creeks["id"].to_numpy(object)[j],
+        }
+    )
+
+
+def _runs(
+    start: np.ndarray,
+    end: np.ndarray,
+    p0: np.ndarray,
+    p1: np.ndarray,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    prefix: np.ndarray,
+    edge: np.ndarray,
+    first_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Straight runs from node ``start`` to node ``end`` (plan ends ``p0``, ``p1``; laid ends
+    ``x0``, ``x1``) cut into equal pieces of at most ``MANHOLE_SPACING``: the manholes between
+    (plan and laid positions, labels ``prefix`` + 1, 2 ...), numbered from ``first_id``, and
+    the pieces as node pairs with their street edge."""
+    pieces = np.maximum(np.ceil(np.linalg.norm(p1 - p0, axis=1) / MANHOLE_SPACING), 1).astype(int)
+    mids = pieces - 1
+    run = np.repeat(np.arange(len(start)), mids)
+    k = np.arange(len(run)) - np.repeat(np.cumsum(mids) - mids, mids) + 1
+    t = (k / pieces[run])[:, None]
+    plan = p0[run] + t * (p1 - p0)[run]
+    laid = x0[run] + t * (x1 - x0)[run]
+    labels = np.array([f"{p}{j}" for p, j in zip(prefix[run], k, strict=True)], dtype=object)
+    # every run's chain of nodes, and its pieces
+    at = np.repeat(np.arange(len(start)), pieces + 1)
+    p = np.arange(len(at)) - np.repeat(np.cumsum(pieces + 1) - (pieces + 1), pieces + 1)
+    base = first_id + np.cumsum(mids) - mids
+    chain = np.where(p == 0, start[at], np.where(p == pieces[at], end[at], base[at] + p - 1))
+    first = np.flatnonzero(p < pieces[at])
+    pairs = np.column_stack([chain[first], chain[first + 1]])
+    return plan, laid, labels, pairs, edge[at[first]], mids
+
+
+def _graph(
+    layout: CityLayout,
+    street_nodes: np.ndarray,
+    edge_ids: np.ndarray,
+    plan: np.ndarray,
+    xy: np.ndarray,
+    crossings: pd.DataFrame | None,
+    skip: set[str] | None = None,
+    across: pd.DataFrame | None = None,
+) -> _Graph:
+    """The pipe graph on ``street_nodes`` along the street edges ``edge_ids`` (those with
+    both ends among them), with an outfall at the creek wall beyond each street node that a
+    creek bridge in ``crossings`` starts from (but those labelled in ``skip``), and across
+    each creek bridge in ``across`` a pipe slung under it between manholes on both banks
+    (``plan``, ``xy``: every street node's nominal and laid position)."""
+    s = layout.streets
+    n_street = len(s.nodes)
+    local = -np.ones(n_street, int)
+    local[street_nodes] = np.arange(len(street_nodes))
+    m = len(street_nodes)
+    e = edge_ids[(local[s.edges[edge_ids]] >= 0).all(axis=1)]
+    a, b = s.edges[e, 0], s.edges[e, 1]
+    d = s.nodes[b] - s.nodes[a]
+    ew = np.abs(d[:, 0]) >= np.abs(d[:, 1])
+    flip = np.where(ew, d[:, 0] < 0, d[:, 1] < 0)
+    a, b = np.where(flip, b, a), np.where(flip, a, b)  # west -> east, south -> north
+    prefix = np.array(
+        [f"{x:06d}{'E' if e else 'N'}" for x, e in zip(a, ew, strict=True)], dtype=object
+    )
+    mid_plan, mid_xy, mid_label, pairs, edge_of, _ = _runs(
+        local[a], local[b], plan[a], plan[b], xy[a], xy[b], prefix, e, m
+    )
+    parts = {
+        "street": [street_nodes, np.full(len(mid_plan), -1)],
+        "label": [np.array([f"{x:06d}" for x in street_nodes], dtype=object), mid_label],
+        "plan_xy": [plan[street_nodes], mid_plan],
+        "xy": [xy[street_nodes], mid_xy],
+        "outfall": [np.zeros(m + len(mid_plan), bool)],
+        "level": [np.full(m + len(mid_plan), np.nan)],
+    }
+    edges, edge_street = [pairs], [edge_of]
+    count = m + len(mid_plan)
+    if crossings is not None and len(crossings):
+        rows = []
+        for end, other, wall, letter in (
+            ("west", "east", "wall_west", "E"),
+            ("east", "west", "wall_east", "W"),
+        ):
+            mine = crossings[local[crossings[end].to_numpy(int)] >= 0]
+            # an outfall where a sewer can be expected to reach the creek above its level
+            ground = layout.terrain.sample(plan[mine[end].to_numpy(int)])
+            mine = mine[ground - GRAVITY_REACH >= mine["level"].to_numpy(float)]
+            label = [f"{k:06d}{letter}" for k in mine[end].to_numpy(int)]
+            mine = mine[~np.isin(label, list(skip or ()))]
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "node": mine[end].to_numpy(int),
+                        "other": mine[other].to_numpy(int),
+                        "wall": mine[wall].to_numpy(float),
+                        "level": mine["level"].to_numpy(float),
+                        "edge": mine["edge"].to_numpy(int),
+                        "letter": letter,
+                    }
+                )
+            )
+        out = pd.concat(rows, ignore_index=True)
+        if len(out):
+            u, v = out["node"].to_numpy(), out["other"].to_numpy()
+            wall = out["wall"].to_numpy()
+
+            def at_wall(p: np.ndarray) -> np.ndarray:  # the line u -> v where it meets the wall
+                t = (wall - p[u, 0]) / (p[v, 0] - p[u, 0])
+                return p[u] + t[:, None] * (p[v] - p[u])
+
+            o_plan, o_xy = at_wall(plan), at_wall(xy)
+            label = np.array([f"{k:06d}{c}" for k, c in zip(u, out["letter"], strict=True)])
+            ids = count + np.arange(len(out))
+            count += len(out)
+            h_plan, h_xy, h_label, h_pairs, h_edge, _ = _runs(
+                local[u], ids, plan[u], o_plan, xy[u], o_xy, label, out["edge"].to_numpy(), count
+            )
+            parts["street"] += [np.full(len(out), -1), np.full(len(h_plan), -1)]
+            parts["label"] += [label.astype(object), h_label]
+            parts["plan_xy"] += [o_plan, h_plan]
+            parts["xy"] += [o_xy, h_xy]
+            parts["outfall"] += [np.ones(len(out), bool), np.zeros(len(h_plan), bool)]
+            parts["level"] += [out["level"].to_numpy(float), np.full(len(h_plan), np.nan)]
+            edges.append(h_pairs)
+            edge_street.append(h_edge)
+    if across is not None and len(across):
+        mine = across[(local[across[["west", "east"]].to_numpy(int)] >= 0).all(axis=1)]
+        a, b = mine["west"].to_numpy(int), mine["east"].to_numpy(int)
+        back = 2 * layout.terrain.cell + 0.5  # the banks' manholes stand clear of the walls
+        walls = np.column_stack([mine["wall_west"] - back, mine["wall_east"] + back])
+        ids = count + np.arange(2 * len(mine)).reshape(-1, 2)
+        count += ids.size
+        chain = np.column_stack([local[a], ids, local[b]])
+        bank_plan, bank_xy = [], []
+        for p, store in ((plan, bank_plan), (xy, bank_xy)):
+            t = (walls - p[a, :1]) / (p[b, :1] - p[a, :1])
+            store.append((p[a][:, None] + t[..., None] * (p[b] - p[a])[:, None]).reshape(-1, 2))
+        parts["street"].append(np.full(ids.size, -1))
+        parts["label"].append(np.array([f"{x:06d}E{k}" for x in a for k in (1, 2)], dtype=object))
+        parts["plan_xy"] += bank_plan
+        parts["xy"] += bank_xy
+        parts["outfall"].append(np.zeros(ids.size, bool))
+        parts["level"].append(np.full(ids.size, np.nan))
+        edges.append(np.stack([chain[:, :-1], chain[:, 1:]], axis=2).reshape(-1, 2))
+        edge_street.append(np.repeat(mine["edge"].to_numpy(int), 3))
+    g = {k: np.concatenate(v) for k, v in parts.items()}
+    # an outfall's ground: on the bank two cells behind the wall, towards the street node
+    back = np.zeros_like(g["xy"])
+    if g["outfall"].any():
+        k = np.flatnonzero(g["outfall"])
+        pair = np.concatenate(edges)
+        into = pair[np.isin(pair[:, 1], k)]
+        toward = np.zeros((len(g["xy"]), 2))
+        toward[into[:, 1]] = g["xy"][into[:, 0]] - g["xy"][into[:, 1]]
+        unit = toward / np.maximum(np.linalg.norm(toward, axis=1), 1e-9)[:, None]
+        back = g["xy"] + 2 * layout.terrain.cell * unit
+    return _Graph(
+        g["street"],
+        g["label"],
+        g["plan_xy"],
+        g["xy"],
+        g["outfall"],
+        g["level"],
+        back,
+        np.concatenate(edges),
+        np.concatenate(edge_street),
+    )
+
+
+def _first_points(geoms: np.ndarray) -> np.ndarray:
+    """The first point of each geometry (where two lines cross, or start to overlap)."""
+    xy, which = shapely.get_coordinates(geoms, return_index=True)
+    return shapely.points(xy[np.unique(which, return_index=True)[1]])
+
+
+def _lateral_covers(
+    start: np.ndarray,
+    end: np.ndarray,
+    g0: np.ndarray,
+    g1: np.ndarray,
+    outer: np.ndarray,
+    others: list[_Obstacles],
+    base: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cover over the crown at both ends (m) and length of straight laterals from ``start``
+    (ground ``g0``) to ``end`` (ground ``g1``), laid as shallow as they may be: at least
+    ``base`` deep, falling at least ``LATERAL_SLOPE``, and wherever they cross a line of
+    ``others``, below it by its clearance, or above it by as much where it lies deep enough
+    (the cover linear along a lateral, as the clearance check reads it)."""
+    lines = shapely.linestrings(np.stack([start, end], axis=1))
+    length = np.maximum(np.linalg.norm(end - start, axis=1), 0.5)
+    base = base + LATERAL_MARGIN
+    fall = g1 - g0 + LATERAL_SLOPE * length  # cover gained from start to end at the slope
+    lowest = np.maximum(base, base + fall)  # the end's cover without crossings
+    hits = []  # every crossing: lateral, where along it (0-1), the line's crown and underside
+    for other in others:
+        i, j = other.tree.query(lines, predicate="intersects")
+        if not len(i):
+            continue
+        at = _first_points(shapely.intersection(lines[i], other.lines[j]))
+        t = shapely.line_locate_point(lines[i], at, normalized=True)
+        u = shapely.line_locate_point(other.lines[j], at, normalized=True)
+        crown = other.cover0[j] + u * (other.cover1[j] - other.cover0[j])
+        gap = np.full(len(i), other.clearance + LATERAL_MARGIN)
+        hits.append((i, np.minimum(t, 1 - 1e-6), crown, crown + other.height[j], gap))
+    if not hits:
+        return lowest - fall, lowest, length
+    i, t, crown, under, gap = (np.concatenate(x) for x in zip(*hits, strict=True))
+    below = np.zeros(len(i), bool)  # the crossings passed below
+    for _ in range(8):
+        # the end cover: the lowest that passes below those crossings, with the start as deep
+        # as the slope allows (cover along the lateral: end - fall · (1 - t))
+        need = np.full(len(lines), -np.inf)
+        np.maximum.at(need, i[below], (under + gap + fall[i] * (1 - t))[below])
+        c1 = np.maximum(lowest, need)
+        over = c1[i] - fall[i] * (1 - t) + outer[i] + gap <= crown
+        if (below | over).all():
+            break
+        below |= ~over
+    c1 = np.ceil(c1 * 1000) / 1000
+    # the start as shallow as those crossings allow (a steeper lateral where one is near its end)
+    floor = np.full(len(lines), base)
+    np.maximum.at(floor, i[below], ((under + gap - c1[i] * t) / (1 - t))[below])
+    c0 = np.minimum(np.ceil(floor * 1000) / 1000, c1 - fall)
+    return c0, c1, length
 
 
 class _Network:
@@ -439,28 +814,52 @@ class _Network:
         name: str,
         layout: CityLayout,
         street_nodes: np.ndarray,
-        edges: np.ndarray,
-        bank_dist: np.ndarray,
+        edge_ids: np.ndarray,
         xy: np.ndarray | None = None,
+        crossings: pd.DataFrame | None = None,
+        skip: set[str] | None = None,
+        across: pd.DataFrame | None = None,
     ) -> None:
         self.name, self.layout = name, layout
-        self.street = street_nodes
         # the tree and the catchments follow the nominal corridor, whatever the street line's
         # offset: they don't change when the pipes' sizes move the sewers across the street
-        self.plan_xy = corridor_nodes(layout.streets, name)[street_nodes]
-        self.plan_ground = layout.terrain.sample(self.plan_xy)
-        self.xy = self.plan_xy if xy is None else xy[street_nodes]
-        self.ground = layout.terrain.sample(self.xy)
-        m = len(street_nodes)
+        plan = corridor_nodes(layout.streets, name)
+        g = _graph(
+            layout,
+            street_nodes,
+            edge_ids,
+            plan,
+            plan if xy is None else xy,
+            crossings,
+            skip,
+            across,
+        )
+        self.street, self.label, self.outfall, self.water_level = (
+            g.street,
+            g.label,
+            g.outfall,
+            g.level,
+        )
+        self.plan_xy, self.xy, self.edges, self.edge_street = (
+            g.plan_xy,
+            g.xy,
+            g.edges,
+            g.edge_street,
+        )
+        terrain = layout.terrain
+        self.plan_ground = terrain.sample(self.plan_xy)
+        self.ground = terrain.sample(self.xy)
+        if self.outfall.any():
+            self.plan_ground[self.outfall] = self.ground[self.outfall] = terrain.sample(
+                g.bank[self.outfall]
+            )
+        m = len(self.xy)
         self.cover = np.full(m, cover_depth(name))  # minimum cover over the crowns, per node
-        local = -np.ones(len(layout.streets.nodes), int)
-        local[street_nodes] = np.arange(m)
-        e = local[edges]
-        self.edges = e[(e >= 0).all(axis=1)]
-        self.bank_dist = bank_dist
+        self.bank_dist = shapely.distance(layout.river.channel, shapely.points(self.plan_xy))
         self.area_psi = np.zeros(m)  # ψ·F, ha
         self.dwf = np.zeros(m)  # m³/s, average dry-weather flow
         self.blocks: pd.DataFrame | None = None
+        self.conn: pd.DataFrame | None = None  # building connections and their laterals
         self._tree()
 
     # the drainage tree
@@ -478,11 +877,13 @@ class _Network:
                 "side": self.side,
                 "bin": (along // SINK_SPACING[self.name]).astype(int),
                 "score": ground + 0.005 * self.bank_dist,
-                "dist": self.bank_dist,
+                "dist": np.where(self.street >= 0, self.bank_dist, np.inf),
             }
         )
+        # pumping stations on the river bank at street corners, one in each stretch of it
         near = frame[frame["dist"] <= BANK_REACH]
         sinks = set(near.groupby(["label", "side", "bin"])["score"].idxmin())
+        sinks |= set(np.flatnonzero(self.outfall).tolist())  # and the outfalls to the creeks
         cut_off = ~np.isin(np.arange(labels.max() + 1), labels[list(sinks)])
         for label in np.flatnonzero(cut_off):  # no bank nearby: the node nearest the river
             sinks.add(int(frame.loc[frame["label"] == label, "dist"].idxmin()))
@@ -518,16 +919,24 @@ class _Network:
         direction = (self.xy[p] - self.xy) / np.maximum(self.length, 1e-9)[:, None]
         self.dc_xy = self.xy + DISCHARGE_OFFSET * direction
         self.dc_ground = self.layout.terrain.sample(self.dc_xy)
+        # the street edge each node's pipe runs along
+        key = pd.MultiIndex.from_arrays([self.edges.min(axis=1), self.edges.max(axis=1)])
+        at = key.get_indexer(
+            pd.MultiIndex.from_arrays([np.minimum(np.arange(m), p), np.maximum(np.arange(m), p)])
+        )
+        edge_of = np.append(self.edge_street, -1)  # -1: no pipe
+        self.pipe_edge = np.where(has_parent, edge_of[at], -1)
 
     def outlet_nodes(self, xy: np.ndarray, ground_first: bool) -> np.ndarray:
-        """The node each point drains to: its lowest corner within 110 m (blocks) or the
-        nearest node (buildings)."""
-        tree = cKDTree(self.plan_xy)
+        """The manhole each point drains to: the lowest of the four nearest within 110 m
+        (blocks) or the nearest (buildings); never an outfall."""
+        cand = np.flatnonzero(~self.outfall)
+        tree = cKDTree(self.plan_xy[cand])
         if not ground_first:
-            return tree.query(xy)[1]
-        k = min(4, len(self.plan_xy))
+            return cand[tree.query(xy)[1]]
+        k = min(4, len(cand))
         dist, idx = tree.query(xy, k=k)
-        dist, idx = dist.reshape(len(xy), k), idx.reshape(len(xy), k)
+        dist, idx = dist.reshape(len(xy), k), cand[idx.reshape(len(xy), k)]
         level = np.where(dist <= 110.0, self.plan_ground[idx], np.inf)
         best = idx[np.arange(len(xy)), np.argmin(level, axis=1)]
         return np.where(np.isinf(level.min(axis=1)), idx[:, 0], best)
@@ -559,25 +968,77 @@ class _Network:
             }
         )
 
-    def add_buildings(self, buildings: gpd.GeoDataFrame) -> pd.DataFrame:
-        """Each building's foul drain to the nearest manhole; returns the connections."""
+    def add_buildings(self, buildings: gpd.GeoDataFrame) -> None:
+        """The buildings whose foul drains this network takes: their flows, and the manholes
+        near each that its lateral may run to (``lay_laterals`` picks one)."""
         geoms = buildings.geometry.to_numpy()
-        node = self.outlet_nodes(shapely.get_coordinates(shapely.centroid(geoms)), False)
+        centres = shapely.get_coordinates(shapely.centroid(geoms))
+        cand = np.flatnonzero(~self.outfall)
+        k = min(LATERAL_CHOICES, len(cand))
+        dist, idx = cKDTree(self.plan_xy[cand]).query(centres, k=k)
+        dist, idx = dist.reshape(len(geoms), k), cand[idx.reshape(len(geoms), k)]
         residents = buildings["residents"].to_numpy(float)
         workers = np.maximum(buildings["daytime_population"].to_numpy(float) - 0.35 * residents, 0)
-        dwf = (FOUL_PER_RESIDENT * residents + FOUL_PER_WORKER * workers) / 86_400 / 1000
-        np.add.at(self.dwf, node, dwf)
-        exits = shapely.get_coordinates(
-            shapely.get_point(shapely.shortest_line(geoms, shapely.points(self.xy[node])), 0)
-        )
-        return pd.DataFrame(
+        self.conn = pd.DataFrame(
             {
                 "building_id": buildings["id"].to_numpy(),
                 "network": self.name,
-                "local": node,
-                "x": exits[:, 0],
-                "y": exits[:, 1],
-                "dwf": dwf,
+                "dwf": (FOUL_PER_RESIDENT * residents + FOUL_PER_WORKER * workers) / 86_400 / 1000,
+            }
+        )
+        self._choices = (geoms, idx, dist)
+
+    def lay_laterals(self, others: list[_Obstacles]) -> None:
+        """Give each building (``add_buildings``) its lateral: straight from its drain exit to
+        one of the manholes near it, the one it reaches shallowest (a metre of depth is worth
+        ``1 / LATERAL_LENGTH_COST`` m of length), laid by ``_lateral_covers`` below the
+        lines of ``others``; the building's flow joins that manhole, whose minimum cover
+        becomes at least the lateral's there (the lateral's crown is never below the sewer's:
+        crowns matched, or a drop into the manhole)."""
+        conn = self.conn
+        geoms, idx, dist = self._choices
+        b = np.arange(idx.size) // idx.shape[1]  # the building of each choice
+        node = idx.ravel()
+        exits = shapely.get_coordinates(
+            shapely.get_point(shapely.shortest_line(geoms[b], shapely.points(self.xy[node])), 0)
+        )
+        dwf = conn["dwf"].to_numpy(float)
+        dn = np.where(dwf * 2.3 <= LATERAL_FILL * _full_flow(0.15, LATERAL_SLOPE), 0.15, 0.2)
+        outer = np.where(dn < 0.2, LATERAL_OUTER[0.15], LATERAL_OUTER[0.2])
+        g0 = self.layout.terrain.sample(exits)
+        c0, c1, length = _lateral_covers(
+            exits, self.xy[node], g0, self.ground[node], outer[b], others, cover_depth(self.name)
+        )
+        score = (c1 + LATERAL_LENGTH_COST * length).reshape(idx.shape)
+        score[dist > dist[:, :1] + LATERAL_DETOUR] = np.inf  # only manholes nearly as near
+        best = np.arange(len(idx)) * idx.shape[1] + np.argmin(score, axis=1)
+        conn["local"] = node[best]
+        conn["x"], conn["y"] = exits[best, 0], exits[best, 1]
+        conn["dn"], conn["outer"], conn["length"] = dn, outer, length[best]
+        conn["ground0"], conn["cover0"], conn["cover1"] = g0[best], c0[best], c1[best]
+        np.add.at(self.dwf, node[best], dwf)
+        np.maximum.at(self.cover, node[best], c1[best])
+
+    def unused_outfalls(self) -> set[str]:
+        """Labels of the creek outfalls no pipe reaches (the tree drains the street beside
+        them to another sink)."""
+        used = np.zeros(len(self.xy), bool)
+        used[self.parent[self.parent >= 0]] = True
+        return set(self.label[self.outfall & ~used])
+
+    def drowned_outfalls(self) -> pd.DataFrame:
+        """The creek outfalls that pipes would reach below the creek's level, or too deep (a
+        pumping station pumps into them instead): label, the creek wall (x) and stretch of
+        the creek (``CREEK_PUMP_SPACING``) they are on, and the flow pumped."""
+        v = np.flatnonzero(self.force & (self.parent >= 0))
+        v = v[self.outfall[self.parent[v]]]
+        o = self.parent[v]
+        return pd.DataFrame(
+            {
+                "label": self.label[o],
+                "wall": np.round(self.xy[o, 0], 1),
+                "bin": (self.xy[o, 1] // CREEK_PUMP_SPACING).astype(int),
+                "flow": self.flow[v],
             }
         )
 
@@ -596,11 +1057,7 @@ class _Network:
         below ground of (my crown, my invert, its crown, its underside) there, (n, 4)."""
         k, lines, g0, g1 = self._pipes()
         i, j = other.tree.query(lines, predicate="intersects")
-        at = shapely.points(
-            shapely.get_coordinates(
-                shapely.get_geometry(shapely.intersection(lines[i], other.lines[j]), 0)
-            )
-        )
+        at = _first_points(shapely.intersection(lines[i], other.lines[j]))
         t = shapely.line_locate_point(lines[i], at, normalized=True)
         n = k[i]
         invert = g0[i] + t * (g1[i] - g0[i]) - (self.start[n] + t * (self.end[n] - self.start[n]))
@@ -635,42 +1092,38 @@ class _Network:
                 return
         raise RuntimeError(f"{self.name}: crossings still too close")
 
+    def _pipe_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The designed gravity pipes (their nodes) and the street edge each runs along."""
+        k = np.flatnonzero(~self.is_sink & ~self.force & (self.parent >= 0))
+        return k, self.pipe_edge[k]
+
     def too_wide(self, band: np.ndarray) -> list[str]:
         """Feature ids of the conduits that reach out of their street's band, (left, right)
         per street edge: where the street is too narrow for them beside the other lines."""
-        k = np.flatnonzero(~self.is_sink & ~self.force & (self.parent >= 0))
+        k, e = self._pipe_edges()
         if not len(k):
             return []
         sec = SECTIONS.iloc[self.idx[k]]
         half = (sec["width"] * sec["barrels"]).to_numpy(float) / 2
-        nodes = self.layout.streets.nodes
-        a, b = self.street[k], self.street[self.parent[k]]
-        edges = self.layout.streets.edges
-        key = pd.MultiIndex.from_arrays([edges.min(axis=1), edges.max(axis=1)])
-        e = key.get_indexer(pd.MultiIndex.from_arrays([np.minimum(a, b), np.maximum(a, b)]))
-        ew = np.abs(nodes[b, 1] - nodes[a, 1]) <= np.abs(nodes[b, 0] - nodes[a, 0])
-        axis = np.where(ew, 1, 0)
+        s = self.layout.streets
+        a, b = s.nodes[s.edges[e, 0]], s.nodes[s.edges[e, 1]]
+        axis = np.where(np.abs(b[:, 1] - a[:, 1]) <= np.abs(b[:, 0] - a[:, 0]), 1, 0)
         rows = np.arange(len(k))
-        off_a = (self.xy[k] - nodes[a])[rows, axis]
-        off_b = (self.xy[self.parent[k]] - nodes[b])[rows, axis]
+        off_a = (self.xy[k] - a)[rows, axis]
+        off_b = (self.xy[self.parent[k]] - a)[rows, axis]
         out = (np.minimum(off_a, off_b) - half < band[e, 0] - 1e-6) | (
             np.maximum(off_a, off_b) + half > band[e, 1] + 1e-6
         )
-        return [f"{PREFIXES[self.name]}C{x:06d}" for x in self.street[k[out]]]
+        return [f"{PREFIXES[self.name]}C{x}" for x in self.label[k[out]]]
 
     def edge_widths(self) -> np.ndarray:
         """The widest pipe (m, all barrels) along each street edge."""
-        edges = self.layout.streets.edges
-        out = np.zeros(len(edges))
-        k = np.flatnonzero(~self.is_sink & ~self.force & (self.parent >= 0))
+        out = np.zeros(len(self.layout.streets.edges))
+        k, e = self._pipe_edges()
         if not len(k):
             return out
         sec = SECTIONS.iloc[self.idx[k]]
-        width = (sec["width"] * sec["barrels"]).to_numpy(float)
-        a, b = self.street[k], self.street[self.parent[k]]
-        key = pd.MultiIndex.from_arrays([edges.min(axis=1), edges.max(axis=1)])
-        at = key.get_indexer(pd.MultiIndex.from_arrays([np.minimum(a, b), np.maximum(a, b)]))
-        np.maximum.at(out, at, width)
+        np.maximum.at(out, e, (sec["width"] * sec["barrels"]).to_numpy(float))
         return out
 
     # sizes and levels
@@ -678,7 +1131,8 @@ class _Network:
         """Size every pipe and set its levels, from the upstream ends down; place pumping
         stations where pipes would get too deep: a lift to a discharge chamber where the next
         pipe can start shallow again, a rising main to the next manhole where even a shallow
-        pipe would end too deep (the street climbs)."""
+        pipe would end too deep (the street climbs), and where a pipe would reach its creek
+        below the creek's normal level, a drainage pumping station beside the creek."""
         m = len(self.xy)
         c, g = self.cover, self.ground
         self.area_acc = self.area_psi.copy()
@@ -717,6 +1171,8 @@ class _Network:
         # wet wells: a sump below the lowest incoming pipe
         self.well_floor = np.floor((np.minimum(bottom_in, shallowest) - SUMP) * 1000) / 1000
         self.height_in = np.maximum(height_in, SEC_H[0])
+        # outfalls: at the lowest pipe reaching them, or the creek's level (pumped only)
+        self.outfall_invert = np.where(np.isfinite(bottom_in), bottom_in, self.water_level)
 
     def size(
         self, v: np.ndarray, crown_in: np.ndarray, bottom_in: np.ndarray, min_idx: np.ndarray
@@ -732,6 +1188,7 @@ class _Network:
         lift = np.zeros(len(v), bool)
         force = np.zeros(len(v), bool)
         inflow = np.isfinite(crown_in)
+        creek = self.water_level[w]  # NaN: not into a creek
         while todo.any():
             pos = np.flatnonzero(todo)
             h, length, g_end = SEC_H[idx[pos]], self.length[v[pos]], g[w[pos]]
@@ -746,6 +1203,9 @@ class _Network:
             force[pos] = deep & ~lift[pos]
             s = np.where(lift[pos], shallow, s)
             e = np.where(lift[pos], e_lift, e)
+            drowned = e < creek[pos]  # would reach its creek below the creek's level: pumped
+            force[pos] |= drowned
+            lift[pos] &= ~drowned
             length = length - np.where(lift[pos], DISCHARGE_OFFSET, 0.0)
             cap = SEC_CONVEYANCE[idx[pos]] * np.sqrt((s - e) / length)
             ok = (cap >= need[pos]) | (idx[pos] == len(SEC_H) - 1) | force[pos]
@@ -790,21 +1250,28 @@ class _Network:
     ) -> DrainageNetwork:
         """Tables and SWMM INP text of the designed network."""
         g = self.ground
-        label = np.char.zfill(self.street.astype(str), 6).astype(object)
-        station = self.is_sink | self.lift | self.force
-        self.node_name = np.where(station, "WW", "MH").astype(object) + label
+        label = self.label
+        station = (self.is_sink & ~self.outfall) | self.lift | self.force
+        kind = np.where(station, "WW", np.where(self.outfall, "OF", "MH")).astype(object)
+        self.node_name = kind + label
         catchment = ("OF" + label)[self.sink_of]
         nodes = pd.DataFrame(
             {
-                "kind": np.where(station, "storage", "junction"),
-                "role": np.where(station, "wet_well", "manhole"),
+                "kind": np.where(station, "storage", np.where(self.outfall, "outfall", "junction")),
+                "role": np.where(station, "wet_well", np.where(self.outfall, "outfall", "manhole")),
                 "name": self.node_name,
                 "x": self.xy[:, 0],
                 "y": self.xy[:, 1],
-                "invert": np.where(station, self.well_floor, self.start),
+                "invert": np.where(
+                    station,
+                    self.well_floor,
+                    np.where(self.outfall, self.outfall_invert, self.start),
+                ),
                 "ground": g,
                 "street_node": self.street,
                 "catchment": catchment,
+                "stage": self.water_level,
+                "gate": self.outfall,
             }
         )
         lift = self.lift
@@ -843,7 +1310,7 @@ class _Network:
                 "capacity": self.capacity[pipes],
             }
         )
-        stations, pumps, curves, outfalls = self.stations(label, plants)
+        stations, pumps, curves, outfalls = self.stations(plants)
         nodes = pd.concat([nodes, chambers, outfalls], ignore_index=True)
         nodes["max_depth"] = nodes["ground"] - nodes["invert"]
         links = pd.concat([conduits, pumps], ignore_index=True)
@@ -864,18 +1331,31 @@ class _Network:
         )
         return DrainageNetwork(self.name, PREFIXES[self.name], nodes, links, subs, stations, inp)
 
+    def laterals(self) -> pd.DataFrame:
+        """The building connections with their laterals as laid (after ``model``): manhole
+        name, size, length, and the inverts and cover at both ends."""
+        conn = self.conn.copy()
+        node = conn.pop("local").to_numpy()
+        conn["node"] = self.node_name[node]
+        conn["node_x"], conn["node_y"] = self.xy[node, 0], self.xy[node, 1]
+        conn["ground1"] = self.ground[node]
+        conn["invert0"] = np.round(conn["ground0"] - conn["cover0"] - conn["dn"], 3)
+        conn["invert1"] = np.round(conn["ground1"] - conn["cover1"] - conn["dn"], 3)
+        return conn
+
     def stations(
-        self, label: np.ndarray, plants: gpd.GeoDataFrame
+        self, plants: gpd.GeoDataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame, list, pd.DataFrame]:
         """Pumping stations (wet well, pumps and their depth–flow curves) at the sinks and
-        lift points, and the outfalls they pump to: the river (drainage stations) or their
-        own inlet at the nearest treatment works (sewage and combined stations)."""
+        lift points, and the outfalls they pump to: the river (drainage stations), a creek
+        (drainage stations beside a creek) or their own inlet at the nearest treatment works
+        (sewage and combined stations)."""
         river = self.layout.river
-        g = self.ground
+        g, label = self.ground, self.label
         plant_xy = plants[["x", "y"]].to_numpy()
         plant_level = np.maximum(river.water_level, self.layout.terrain.sample(plant_xy))
         rows, pumps, curves, outfalls = [], [], [], []
-        for i in np.flatnonzero(self.is_sink | self.lift | self.force):
+        for i in np.flatnonzero((self.is_sink & ~self.outfall) | self.lift | self.force):
             name = self.node_name[i]
             depth = g[i] - self.well_floor[i]
             flow = max(float(self.flow[i]), 0.05)
@@ -884,6 +1364,9 @@ class _Network:
             works = None
             if self.lift[i]:
                 role, targets = "lift", [("PU", "DC" + label[i], flow, 0.0)]
+            elif self.force[i] and self.outfall[self.parent[i]]:
+                role = "drainage"
+                targets = [("PU", self.node_name[self.parent[i]], flow, SUMP)]
             elif self.force[i]:
                 role, targets = "lift", [("PU", self.node_name[self.parent[i]], flow, 0.0)]
             elif self.name == "sewer":
@@ -892,7 +1375,7 @@ class _Network:
             else:
                 bank = shapely.offset_curve(river.centerline, self.side[i] * river.width / 2)
                 point = bank.interpolate(bank.project(shapely.Point(self.xy[i])))
-                outfalls.append(("OF" + label[i], point.x, point.y, river.water_level))
+                outfalls.append(("OF" + label[i], point.x, point.y, river.water_level, True))
                 role, targets = "drainage", [("PU", "OF" + label[i], flow, SUMP)]
                 if self.name == "combined":
                     intercept = max((1 + INTERCEPTION_RATIO) * self.dwf_acc[i], 0.005)
@@ -903,7 +1386,7 @@ class _Network:
                     ]
             if works is not None:
                 x, y = plant_xy[works]
-                outfalls.append(("TW" + label[i], x, y, round(float(plant_level[works]), 3)))
+                outfalls.append(("TW" + label[i], x, y, round(float(plant_level[works]), 3), False))
             for kind, target, q, begin in targets:
                 if begin is None:  # interception: all it can take once the sump is half full
                     points = [(0.0, 0.0), (SUMP / 2, q), (depth, q)]
@@ -945,8 +1428,15 @@ class _Network:
                     "capacity": float(sum(q for _, _, q, _ in targets)),
                 }
             )
-        out = pd.DataFrame(outfalls, columns=["name", "x", "y", "invert"])
-        out = out.assign(kind="outfall", role="outfall", ground=np.nan, street_node=-1)
+        out = pd.DataFrame(outfalls, columns=["name", "x", "y", "invert", "fixed"])
+        out = out.assign(
+            kind="outfall",
+            role="outfall",
+            ground=np.nan,
+            street_node=-1,
+            gate=False,
+            stage=np.where(out["fixed"].astype(bool), river.water_level, np.nan),
+        ).drop(columns="fixed")
         return pd.DataFrame(rows), pd.DataFrame(pumps), curves, out
 
     def materials(self, rng: np.random.Generator, pipes: np.ndarray) -> np.ndarray:
@@ -1084,8 +1574,8 @@ def _inp(
     outfalls = nodes[nodes["kind"] == "outfall"]
     out += ["", "[OUTFALLS]"]
     out += [
-        _row(r.name, _f(r.invert), "FIXED", _f(layout.river.water_level), "NO")
-        if r.name.startswith("OF")
+        _row(r.name, _f(r.invert), "FIXED", _f(r.stage), "YES" if r.gate else "NO")
+        if np.isfinite(r.stage)
         else _row(r.name, _f(r.invert), "FREE", "NO")
         for r in outfalls.itertuples(index=False)
     ]
@@ -1237,14 +1727,19 @@ def with_storm(inp_text: str, times_min: np.ndarray, mm_per_h: np.ndarray) -> st
 def drainage_bundle(layout: CityLayout, plan: DrainagePlan) -> ImportBundle:
     """The plan as model features: per network its SWMM objects (manholes, wet wells,
     outfalls, conduits, pumps, subcatchments) with a ``network/<name>`` document that
-    ``write_swmm`` exports, plus a ``pumping_station`` node per station (``ps:`` ids), a
-    ``service_connection`` node per building (``svc:`` ids, the manhole in its props), and the
-    pumping stations and treatment works as facilities."""
+    ``write_swmm`` exports; every pumping station is its wet well (a ``storage`` node named
+    after the station, with its role, pumps and capacity in its props); a
+    ``service_connection`` node at each building's drain exit (``svc:`` ids) and its lateral
+    to the manhole (``service_pipe``, ``lat:`` ids), GIS features outside the SWMM model;
+    and the pumping stations, the creeks' sluice and pumping stations and the treatment
+    works as facilities."""
     source = f"{SOURCE} drainage seed={plan.seed} area={layout.area_km2:g} km2"
     bundle = ImportBundle(source)
+    stations = _stations(plan)
     for name, net in plan.networks.items():
         part = swmm_bundle(net.inp, layout.crs, source=source, id_prefix=net.prefix, network=name)
-        bundle.add("utility_nodes", _with_catchments(part.layers["utility_nodes"], net))
+        mine = stations[stations["network"] == name] if len(stations) else stations
+        bundle.add("utility_nodes", _with_plan(part.layers["utility_nodes"], net, mine))
         bundle.add("utility_links", _with_design(part.layers["utility_links"], net))
         if "zones" in part.layers:
             subs = net.subcatchments.set_index("name").reindex(part.layers["zones"]["name"])
@@ -1267,47 +1762,20 @@ def drainage_bundle(layout: CityLayout, plan: DrainagePlan) -> ImportBundle:
             "gas, power and cooling lines: they break horizontal clearances there"
         ),
     }
-    stations = _stations(plan)
-    if len(stations):
-        bundle.add(
-            "utility_nodes",
-            gpd.GeoDataFrame(
-                {
-                    "id": stations["id"],
-                    "class": "pumping_station",
-                    "network": stations["network"],
-                    "name": stations["title"],
-                    "cover_level": stations["ground"].round(3),
-                    "invert_level": stations["well_floor"],
-                    "depth": (stations["ground"] - stations["well_floor"]).round(3),
-                    "link_id": [
-                        p + pumps[-1]
-                        for p, pumps in zip(stations["prefix"], stations["pumps"], strict=True)
-                    ],
-                    "props": [
-                        {
-                            "role": s.role,
-                            "wet_well": s.prefix + s.wet_well,
-                            "pumps": [s.prefix + p for p in s.pumps],
-                            "capacity_m3_s": round(float(s.capacity), 4),
-                        }
-                        for s in stations.itertuples(index=False)
-                    ],
-                },
-                geometry=shapely.points(stations[["x", "y"]].to_numpy()),
-                crs=layout.crs,
-            ),
-        )
     conn = plan.connections
-    prefix = conn["network"].map(PREFIXES)
+    prefix = conn["network"].map(PREFIXES).to_numpy(object)
+    svc = "svc:" + prefix + conn["building_id"].to_numpy(object)
     bundle.add(
         "utility_nodes",
         gpd.GeoDataFrame(
             {
-                "id": "svc:" + prefix + conn["building_id"],
+                "id": svc,
                 "class": "service_connection",
-                "network": conn["network"],
-                "building_id": conn["building_id"],
+                "network": conn["network"].to_numpy(object),
+                "building_id": conn["building_id"].to_numpy(object),
+                "cover_level": conn["ground0"].round(3).to_numpy(),
+                "invert_level": conn["invert0"].to_numpy(),
+                "depth": (conn["ground0"].round(3) - conn["invert0"]).round(3).to_numpy(),
                 "props": [
                     {"manhole": p + node, "dwf_m3_s": round(float(q), 7)}
                     for p, node, q in zip(prefix, conn["node"], conn["dwf"], strict=True)
@@ -1317,18 +1785,87 @@ def drainage_bundle(layout: CityLayout, plan: DrainagePlan) -> ImportBundle:
             crs=layout.crs,
         ),
     )
-    bundle.add("facilities", _facilities(plan, stations, layout.crs))
+    dn = conn["dn"].to_numpy(float)
+    bundle.add(
+        "utility_links",
+        gpd.GeoDataFrame(
+            {
+                "id": "lat:" + prefix + conn["building_id"].to_numpy(object),
+                "class": "service_pipe",
+                "network": conn["network"].to_numpy(object),
+                "from_node": svc,
+                "to_node": prefix + conn["node"].to_numpy(object),
+                "diameter": dn,
+                "length": conn["length"].round(2).to_numpy(),
+                "material": np.where(dn < 0.2, "PVC-U", "HDPE"),
+                "roughness": 0.011,
+                "invert_from": conn["invert0"].to_numpy(),
+                "invert_to": conn["invert1"].to_numpy(),
+                "depth": np.round(np.minimum(conn["cover0"], conn["cover1"]), 3),
+                "props": [
+                    {
+                        "role": "lateral",
+                        "building_id": b,
+                        "outer_diameter": float(o),
+                        "slope": round(float((i0 - i1) / length), 4),
+                    }
+                    for b, o, i0, i1, length in zip(
+                        conn["building_id"],
+                        conn["outer"],
+                        conn["invert0"],
+                        conn["invert1"],
+                        conn["length"],
+                        strict=True,
+                    )
+                ],
+            },
+            geometry=shapely.linestrings(
+                np.stack(
+                    [conn[["x", "y"]].to_numpy(float), conn[["node_x", "node_y"]].to_numpy(float)],
+                    axis=1,
+                )
+            ),
+            crs=layout.crs,
+        ),
+    )
+    bundle.add("facilities", _facilities(layout, plan, stations))
     return bundle
 
 
-def _with_catchments(nodes: gpd.GeoDataFrame, net: DrainageNetwork) -> gpd.GeoDataFrame:
-    """SWMM nodes with the outfall of their catchment in their props."""
-    catchment = net.nodes.set_index("name")["catchment"].reindex(nodes["name"])
+def _with_plan(
+    nodes: gpd.GeoDataFrame, net: DrainageNetwork, stations: pd.DataFrame
+) -> gpd.GeoDataFrame:
+    """SWMM nodes with the outfall of their catchment in their props, the creek outfalls'
+    ground (their bank) as cover level, and each pumping station on its wet well: the
+    station's name, and its role, pumps and capacity in the props."""
+    table = net.nodes.set_index("name")
+    catchment = table["catchment"].reindex(nodes["name"])
+    ground = table["ground"].reindex(nodes["name"]).to_numpy(float)
+    at = stations.set_index("wet_well") if len(stations) else pd.DataFrame()
+    names, props = [], []
+    for name, p, c in zip(nodes["name"], nodes["props"], catchment, strict=True):
+        p = {**p, "catchment": net.prefix + c} if isinstance(c, str) else dict(p)
+        if name in at.index:
+            s = at.loc[name]
+            p["station"] = {
+                "role": s["role"],
+                "pumps": [net.prefix + x for x in s["pumps"]],
+                "capacity_m3_s": round(float(s["capacity"]), 4),
+                **({"treatment_works": s["plant"]} if isinstance(s["plant"], str) else {}),
+                "facility": s["facility"],
+            }
+            names.append(s["title"])
+        else:
+            names.append(name)
+        props.append(p)
+    outfall = (nodes["class"] == "outfall").to_numpy() & np.isfinite(ground)
+    cover = np.where(outfall, np.round(ground, 3), nodes["cover_level"].to_numpy(float))
+    invert = nodes["invert_level"].to_numpy(float)
     return nodes.assign(
-        props=[
-            {**p, "catchment": net.prefix + c} if isinstance(c, str) else p
-            for p, c in zip(nodes["props"], catchment, strict=True)
-        ]
+        name=names,
+        props=props,
+        cover_level=cover,
+        depth=np.where(outfall, np.round(cover - invert, 3), nodes["depth"].to_numpy(float)),
     )
 
 
@@ -1370,7 +1907,8 @@ _TITLES = {
 
 
 def _stations(plan: DrainagePlan) -> pd.DataFrame:
-    """Every pumping station of the plan with its feature id and a numbered title."""
+    """Every pumping station of the plan with its node's feature id (its wet well), a
+    numbered title and its facility's id."""
     frames = [
         net.stations.assign(network=name, prefix=net.prefix)
         for name, net in plan.networks.items()
@@ -1379,18 +1917,20 @@ def _stations(plan: DrainagePlan) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
-    out["id"] = "ps:" + out["prefix"] + out["name"].str[2:]
+    out["id"] = out["prefix"] + out["wet_well"]
     number = out.groupby(["network", "role"]).cumcount() + 1
     label = np.where(out["role"] == "lift", out["network"].str.title() + " ", "")
     out["title"] = label + out["role"].map(_TITLES) + " " + number.astype(str)
+    out["facility"] = "fac-" + out["prefix"].str[:-1] + "-" + out["wet_well"].str[2:]
     return out
 
 
-def _facilities(plan: DrainagePlan, stations: pd.DataFrame, crs: str) -> gpd.GeoDataFrame:
-    """Pumping stations (small round sites) and sewage treatment works as facilities."""
+def _facilities(layout: CityLayout, plan: DrainagePlan, stations: pd.DataFrame) -> gpd.GeoDataFrame:
+    """Pumping stations (small round sites around their wet wells), the sluice and pumping
+    station at each creek's mouth, and the sewage treatment works as facilities."""
     rows = [
         {
-            "id": "fac-" + s.id.replace(":", "-")[3:],
+            "id": s.facility,
             "class": "pumping_station",
             "name": s.title,
             "critical": s.role != "lift",
@@ -1400,6 +1940,31 @@ def _facilities(plan: DrainagePlan, stations: pd.DataFrame, crs: str) -> gpd.Geo
         }
         for s in stations.itertuples(index=False)
     ]
+    creeks = layout.creeks
+    for c in creeks[creeks["reach"] == 1].itertuples(index=False):
+        mouth = c.y_from + 2.0 * c.side  # at the river's edge
+        rows.append(
+            {
+                "id": f"fac-creek-{c.creek}",
+                "class": "pumping_station",
+                "name": f"Creek Sluice and Pumping Station {c.creek}",
+                "critical": True,
+                "operator": OPERATOR,
+                "props": {
+                    "network": "storm",
+                    "role": "creek_mouth",
+                    "water_body": c.id,
+                    "holds_level": c.water_level,
+                    "discharges_to": "river-1",
+                },
+                "geometry": shapely.box(
+                    c.x - c.width / 2,
+                    min(mouth, mouth + 15 * c.side),
+                    c.x + c.width / 2,
+                    max(mouth, mouth + 15 * c.side),
+                ),
+            }
+        )
     for p in plan.treatment_plants.itertuples(index=False):
         inlets = [
             s.prefix + "TW" + s.name[2:]
@@ -1417,7 +1982,12 @@ def _facilities(plan: DrainagePlan, stations: pd.DataFrame, crs: str) -> gpd.Geo
                 "geometry": p.geometry,
             }
         )
-    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=layout.crs)
+
+
+def _full_flow(dn: float, slope: float, n: float = 0.011) -> float:
+    """Full-bore flow (m³/s) of a round pipe of diameter ``dn`` at ``slope`` (Manning)."""
+    return math.pi * dn**2 / 4 * (dn / 4) ** (2 / 3) * math.sqrt(slope) / n
 
 
 __all__ = [

@@ -45,8 +45,8 @@ def plan_sensors(layout: CityLayout, networks: dict[str, gpd.GeoDataFrame]) -> g
     there too and are not needed. A network that is missing gets no devices. Read from them:
     water ``meter`` nodes are DMA inlets; ``reservoir`` and ``pumping_station`` nodes sources;
     ``tank`` nodes service reservoirs; ``junction`` nodes, grouped by ``zone_id``, give each
-    DMA's critical point; gravity ``manhole``, ``outfall`` and ``pumping_station`` nodes, gas
-    ``regulator`` nodes.
+    DMA's critical point; gravity ``manhole``, ``outfall`` and ``pumping_station`` nodes and
+    ``storage`` nodes (the stations' wet wells), gas ``regulator`` nodes.
     """
     parts = [_water_meters(layout)]
     water = networks.get("water_supply_nodes")
@@ -60,7 +60,7 @@ def plan_sensors(layout: CityLayout, networks: dict[str, gpd.GeoDataFrame]) -> g
         cls = nodes["class"].to_numpy(object)
         manholes = np.flatnonzero(cls == "manhole") if net != "sewer" else np.array([], int)
         pick = np.sort(rng.choice(manholes, -(-len(manholes) // MANHOLE_SAMPLE), replace=False))
-        wells = np.flatnonzero(np.isin(cls, ["outfall", "pumping_station"]))
+        wells = np.flatnonzero(np.isin(cls, ["outfall", "pumping_station", "storage"]))
         parts.append(_at(nodes.iloc[np.concatenate([pick, wells])], "level_sensor", "lv"))
     gas = networks.get("gas_nodes")
     if gas is not None and len(gas):
@@ -143,7 +143,7 @@ def _river_gauges(layout: CityLayout) -> pd.DataFrame:
     its centre line where there are too few bridges."""
     n = 2 if layout.side < 3000 else 3
     s = layout.streets
-    bridges = np.flatnonzero(s.bridge)
+    bridges = np.flatnonzero(s.bridge & shapely.intersects(s.lines(), layout.river.channel))
     if len(bridges) >= n:
         lines = s.lines()[bridges]
         mid = shapely.line_interpolate_point(lines, 0.5, normalized=True)

@@ -17,22 +17,31 @@ one passes over the other, or under it, over a short piece (``_pass_below``; the
   main) and regulator cabinets feed low-pressure networks under the local streets: every local
   area between medium-pressure streets has a feed (a station feeds a local street at its
   corner where there is one, a cabinet the others), and its mains stop 6 m short of the
-  medium-pressure mains. Every building except industrial sheds
+  medium-pressure mains, closed there by an end cap (class ``cap``, as every main that ends:
+  the areas are looped inside, not across the medium-pressure streets). Every building except
+  industrial sheds
   (whose process gas is a separate contract, not modelled) has a service pipe from the nearest
   main; a service from a medium-pressure main ends at a building regulator box.
 - **Power** (``pw:``): 10 kV radial feeders from the layout's substations along a shortest-path
   tree of the streets, cut into feeders of at most ~8 MVA (one street with more, e.g. CBD
-  towers, still hangs on one feeder), each an open ring closed through a normally-open tie to a
-  neighbouring feeder. Distribution substations (``transformer``: one per ~1,000 kVA of load in
-  a block, ``units`` × 1,000 kVA at 80 % loading) stand at the block edge, tapped from the
-  feeder; every building has a 0.4 kV service cable from its transformer.
+  towers, still hangs on one feeder); a street off the tree with transformers has a spur that
+  ends at its last one. Every feeder is an open ring: one normally-open tie to each neighbouring
+  feeder, joined to both (the last piece of a spur on to the next corner, where the other
+  feeder has it, else a tie cable along a street between them). The twin's status convention
+  is EPANET's, so the ties (``role`` tie, ``props["normally_open"]``) are ``closed``: they carry
+  nothing in normal operation and traces from the substations stay radial; every other cable is
+  ``open``. Distribution substations (``transformer``: one per ~1,000 kVA of load in a block,
+  ``units`` × 1,000 kVA at 80 % loading) stand at the block edge, tapped from the feeder (a
+  ring main unit); every building has a 0.4 kV service cable from its transformer.
 - **Telecom** (``tc:``): duct banks under the arterials and secondaries, a chamber at every
-  street corner they pass.
+  street corner they pass; where a street ends at the river, the bank ends in a capped
+  stub-out (class ``cap``).
 - **Heating** (``ht:``): Guangzhou has practically no district heating (it lies far south of the
   Qinling–Huaihe heating line), but its CBD (Zhujiang New Town) runs one of Asia's largest
   district *cooling* systems. The ``heating`` network here is that: a chilled-water supply and
   return pair under the CBD's streets from an underground energy centre, with a connection to
-  every CBD building. Where a seed has no CBD blocks there is none (see ``UtilityPlan.notes``).
+  every CBD building; both pipes end at caps where a branch ends. Where a seed has no CBD
+  blocks there is none (see ``UtilityPlan.notes``).
 
 A few clearance violations are seeded on purpose (``synth/clearance_violations`` in the bundle's
 documents), each checked with the clearance engine (``citytwin.networks.clearance``) against
@@ -98,8 +107,8 @@ STATION_KVA = 1000.0  # a distribution substation per ~1,000 kVA of a block's lo
 UNIT_KVA = 1000.0  # transformer rating
 UNIT_LOADING = 0.8  # transformers are sized to run at 80 %
 FEEDER_KVA = 8000.0  # a 10 kV cable feeder carries ~8 MVA
-GAS_USES = ("residential", "commercial", "office", "school", "hospital")
-"""Building uses with a gas service (industrial sheds have none)."""
+GAS_USES = ("residential", "commercial", "office", "school", "hospital", "fire_station")
+"""Building uses with a gas service (kitchens and canteens; industrial sheds have none)."""
 
 _TRIM = 6.0  # m: local low-pressure mains stop this far from a medium-pressure main
 _OUTER = {"telecom": 0.2, "power_mv": 0.15, "power_lv": 0.1, "heating": 0.25, "heating_sv": 0.16}
@@ -147,6 +156,7 @@ def plan_utilities(layout: CityLayout, seed: int) -> UtilityPlan:
     links["installation"] = links["network"].map(INSTALLATION)
     nodes, links = _pass_below(c, nodes, links)
     links, violations = _seed_violations(c, nodes, links, rng)
+    nodes = _cap_dead_ends(nodes, links, ("gas", "heating", "telecom"))
     nodes_frame, links_frame = _frames(c, nodes, links)
     return UtilityPlan(nodes_frame, links_frame, violations, notes)
 
@@ -315,6 +325,34 @@ def _finish(pieces: pd.DataFrame, extra: list[pd.DataFrame]) -> pd.DataFrame:
         out.loc[bent, "geometry"] = [shapely.LineString(p) for p in out["path"][bent]]
         out = out.drop(columns=["path"])
     return out.drop(columns=["x0", "y0", "x1", "y1"])
+
+
+def _cap_dead_ends(
+    nodes: pd.DataFrame, links: pd.DataFrame, networks: tuple[str, ...]
+) -> pd.DataFrame:
+    """The junctions (chambers) of ``networks`` where a line ends (one link) become end caps
+    (class ``cap``): a dead-ended main is closed by a cap or plug, not left open; a duct bank
+    that stops where its street ends at the river is a stub-out, its ducts plugged."""
+    ends = pd.concat([links["from_node"], links["to_node"]]).value_counts()
+    dead = (
+        nodes["network"].isin(networks)
+        & nodes["class"].isin(["junction", "chamber"])
+        & nodes["id"].map(ends).eq(1)
+    )
+    return nodes.assign(**{"class": nodes["class"].where(~dead, "cap")})
+
+
+def _prune(links: pd.DataFrame, keep: set[str]) -> pd.DataFrame:
+    """``links`` without their stubs: links that end at a node no other link reaches (but for
+    the nodes in ``keep``), taken off until none is left (a run past its last connection)."""
+    while True:
+        ends = pd.concat([links["from_node"], links["to_node"]])
+        count = ends.value_counts()
+        loose = count.index[(count == 1).to_numpy() & ~count.index.isin(list(keep))]
+        stub = links["from_node"].isin(loose) | links["to_node"].isin(loose)
+        if not stub.any():
+            return links.reset_index(drop=True)
+        links = links[~stub]
 
 
 def _service_taps(
@@ -720,12 +758,15 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
         street=fr[:, 1],
         role="feeder",
         pressure_class="MV",
-        initial_status="closed",
+        initial_status="open",
         on_bridge=c.bridge[fr[:, 1]],
         feeder=fr[:, 0],
         spur=False,
     )
-    # spurs along streets off the tree, from their nearer end to just past their last tap
+    # spurs along the streets off the tree, from the end nearer the substation: on to the far
+    # corner where another feeder has it (the piece past the spur's last transformer is then
+    # the normally-open tie between the two feeders), else to the last transformer (run on
+    # _TAP_MARGIN past it, a stub that ``_prune`` takes off again)
     tap_f = feeder_of[owner[holder]]
     spur = ~tree_tap
     other = np.where(origin == c.a[edge], c.b[edge], c.a[edge])
@@ -737,23 +778,35 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
         .drop_duplicates(["f", "e"], keep="last")
     )
     j = sp["j"].to_numpy()
+    sp_f = sp["f"].to_numpy()
+    feeder_at = np.where(owner >= 0, feeder_of[np.maximum(owner, 0)], -1)  # by street node
+    sp_g = feeder_at[other[j]]
+    to_tie = (sp_g >= 0) & (sp_g != sp_f)
+    pair = pd.Series(list(zip(np.minimum(sp_f, sp_g), np.maximum(sp_f, sp_g), strict=True)))
+    to_tie &= ~pair.where(to_tie).duplicated().to_numpy()  # one tie between two feeders
     spur_base = np.array(
-        [f"pw:F{f:04d}S{e:06d}" for f, e in zip(sp["f"], sp["e"], strict=True)], dtype=object
+        [f"pw:F{f:04d}S{e:06d}" for f, e in zip(sp_f, sp["e"], strict=True)], dtype=object
     )
-    spur_end = cor[origin[j]] + ahead[j] * (far[j] + 2.0)[:, None]
+    spur_end = np.where(
+        to_tie[:, None],
+        cor[other[j]],
+        cor[origin[j]] + ahead[j] * (far[j] + _TAP_MARGIN)[:, None],
+    )
+    spur_to = np.where(to_tie, fid(sp_g, other[j]), spur_base + "X")
     spur_runs = _runs(
         spur_base,
-        fid(sp["f"].to_numpy(), origin[j]),
-        spur_base + "X",
+        fid(sp_f, origin[j]),
+        spur_to,
         cor[origin[j]],
         spur_end,
         street=sp["e"].to_numpy(),
         role="feeder",
         pressure_class="MV",
-        initial_status="closed",
+        initial_status="open",
         on_bridge=False,
-        feeder=sp["f"].to_numpy(),
+        feeder=sp_f,
         spur=True,
+        tie_at=np.where(to_tie, spur_to, None),
     )
     runs = pd.concat([runs, spur_runs], ignore_index=True)
     key = pd.Series(
@@ -769,15 +822,32 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
     taps, tap_of = _taps(runs, run_of_tap, np.einsum("ij,ij->i", tap_xy - r0, ru), "pw:TP")
     tap_xy = taps.set_index("node").loc[tap_of][["x", "y"]].to_numpy()
     pieces = _pieces(runs, taps)
+    nop = (pieces["to_node"] == pieces["tie_at"]).to_numpy()  # the spurs' last pieces
+    pieces.loc[nop, ["role", "initial_status"]] = ["tie", "closed"]
+    pieces = pieces.drop(columns=["tie_at"])
 
-    # normally-open ties between feeders that meet along a street
-    live = owner >= 0
-    cand = live[c.a] & live[c.b] & (owner[c.a] != owner[c.b])
+    # a normally-open tie cable along a street between two feeders that no spur joins
+    joined = {(min(f, g), max(f, g)) for f, g in zip(sp_f[to_tie], sp_g[to_tie], strict=True)}
+    cand = (feeder_at[c.a] >= 0) & (feeder_at[c.b] >= 0) & (feeder_at[c.a] != feeder_at[c.b])
+    cand &= ~np.isin(np.arange(len(c.a)), sp["e"].to_numpy())
     e = np.flatnonzero(cand)
-    fa, fb = feeder_of[owner[c.a[e]]], feeder_of[owner[c.b[e]]]
-    ties = pd.DataFrame(
-        {"e": e, "lo": np.minimum(fa, fb), "hi": np.maximum(fa, fb), "fa": fa, "fb": fb}
-    ).drop_duplicates(["lo", "hi"])
+    fa, fb = feeder_at[c.a[e]], feeder_at[c.b[e]]
+    ties = (
+        pd.DataFrame(
+            {
+                "e": e,
+                "lo": np.minimum(fa, fb),
+                "hi": np.maximum(fa, fb),
+                "fa": fa,
+                "fb": fb,
+                "tree": child_of_edge[e] >= 0,  # beside a feeder's cable: only where no other
+            }
+        )
+        .sort_values(["tree", "e"], kind="stable")
+        .drop_duplicates(["lo", "hi"])
+        .sort_values("e")
+    )
+    ties = ties[[(lo, hi) not in joined for lo, hi in zip(ties["lo"], ties["hi"], strict=True)]]
     e = ties["e"].to_numpy()
     tie_links = _runs(
         np.array([f"pw:TIE{k:05d}" for k in range(len(ties))], dtype=object),
@@ -788,7 +858,7 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
         street=e,
         role="tie",
         pressure_class="MV",
-        initial_status="open",
+        initial_status="closed",
         on_bridge=c.bridge[e],
     ).rename(columns={"base": "id"})
 
@@ -804,7 +874,7 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
         street=-1,
         role="station",
         pressure_class="MV",
-        initial_status="closed",
+        initial_status="open",
         on_bridge=False,
     ).rename(columns={"base": "id"})
     tr_ids = np.array([f"pw:TR{j:06d}" for j in range(ng)], dtype=object)
@@ -817,7 +887,7 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
         street=-1,
         role="tap",
         pressure_class="MV",
-        initial_status="closed",
+        initial_status="open",
         on_bridge=False,
     ).rename(columns={"base": "id"})
     nb = len(c.bgeom)
@@ -833,10 +903,12 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
         street=-1,
         role="service",
         pressure_class="LV",
-        initial_status="closed",
+        initial_status="open",
         on_bridge=False,
     ).rename(columns={"base": "id"})
     mv = pd.concat([pieces, tie_links, exits, tap_cables], ignore_index=True)
+    mv = _prune(mv, keep=set(ss_ids) | set(tr_ids))
+    mv["normally_open"] = (mv["role"] == "tie").to_numpy()
     mv["outer"] = _OUTER["power_mv"]
     services["outer"] = _OUTER["power_lv"]
     links = _finish(mv, [services])
@@ -851,10 +923,10 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
     links["depth"] = LAID_COVER["power"]
     links = links.drop(columns=["feeder", "spur"])
 
-    feeder_nodes = pd.DataFrame({"id": pd.concat([runs["from_node"], runs["to_node"]])})
-    feeder_nodes = feeder_nodes[feeder_nodes["id"].str.contains("N")].drop_duplicates("id")
-    fn = feeder_nodes["id"].to_numpy(object)
+    used = set(mv["from_node"]) | set(mv["to_node"])
+    fn = np.array(sorted(v for v in used if v.startswith("pw:F") and "N" in v), dtype=object)
     fv = np.array([int(s[-6:]) for s in fn], dtype=int)
+    taps = taps[taps["node"].isin(used)]
     units = np.ceil(g_load / (UNIT_KVA * UNIT_LOADING)).astype(int)
     units = np.maximum(units, 1)
     nodes = pd.concat(
@@ -874,13 +946,6 @@ def _power(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "power",
                 taps[["x", "y"]].to_numpy(),
                 props=[{"kind": "ring_main_unit"}] * len(taps),
-            ),
-            _nodes(
-                spur_base + "X",
-                "junction",
-                "power",
-                spur_end,
-                props=[{"kind": "cable_end"}] * len(spur_base),
             ),
             _nodes(
                 tr_ids,
@@ -978,11 +1043,20 @@ def _cooling(c: _Ctx) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     # the cluster's middle
     plants, extra = [], []
     cbd_xy = shapely.get_coordinates(shapely.centroid(cbd))
+    sites = c.layout.facilities.geometry.to_numpy()
+    sites = sites[shapely.get_type_id(sites) == shapely.GeometryType.POLYGON]
     for k, lab in enumerate(np.unique(label[v])):
         members = v[label[v] == lab]
         middle = c.xy[members].mean(axis=0)
         block = cbd_xy[np.argmin(np.linalg.norm(cbd_xy - middle, axis=1))]
-        at = members[np.argmin(np.linalg.norm(c.xy[members] - block, axis=1))]
+        order = members[np.argsort(np.linalg.norm(c.xy[members] - block, axis=1), kind="stable")]
+        taken = [  # corners where another facility's site (a substation, a regulator) stands
+            shapely.intersects(
+                sites, shapely.Point(c.xy[a] + np.sign(block - c.xy[a]) * 20.0)
+            ).any()
+            for a in order
+        ]
+        at = order[taken.index(False)] if False in taken else order[0]
         pxy = c.xy[at] + np.sign(block - c.xy[at]) * 20.0
         pid = f"ht:PL{k:02d}"
         plants.append((pid, pxy))
@@ -1401,6 +1475,7 @@ _PROP_COLUMNS = (
     "ducts",
     "installation",
     "passes",
+    "normally_open",
 )
 
 
@@ -1459,7 +1534,7 @@ def _frames(
                     p["street"] = f"street-{int(v):06d}"
             elif k == "outer":
                 p["outer_diameter"] = float(v)
-            elif k in ("on_bridge", "building_regulator"):
+            elif k in ("on_bridge", "building_regulator", "normally_open"):
                 if bool(v):
                     p[k] = True
             else:

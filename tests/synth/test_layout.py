@@ -8,7 +8,7 @@ import shapely
 
 from citytwin.store import Query
 from citytwin.synth.city import build_city
-from citytwin.synth.layout import plan_layout
+from citytwin.synth.layout import CREEK_MOUTH_LEVEL, plan_layout
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,55 @@ def test_terrain_has_river_floodplain_hills_and_depressions(city):
     assert np.median(np.hypot(gx, gy)) < 0.02
 
 
-def test_streets_cross_the_river_only_on_bridges(city):
-    s, river = city.streets, city.river
+def test_streets_cross_the_river_and_the_creeks_only_on_bridges(city):
+    s, river, creeks = city.streets, city.river, city.creeks
     lines = s.lines()
-    crosses = shapely.intersects(lines, river.channel)
-    assert crosses.any() and (s.bridge == crosses).all()
-    assert set(s.street_class[s.bridge]) <= {"primary", "secondary"}
+    over_river = shapely.intersects(lines, river.channel)
+    open_ = creeks[~creeks["culvert"]].geometry.to_numpy()  # culverts run under the streets
+    over_creek = shapely.intersects(lines, shapely.union_all(open_))
+    assert over_river.any() and over_creek.any()
+    assert (s.bridge == (over_river | over_creek)).all()
+    assert set(s.street_class[over_river]) <= {"primary", "secondary"}
     assert {"primary", "secondary", "residential"} <= set(s.street_class)
+
+
+def test_creeks_run_to_the_river_in_reaches_cut_into_the_terrain(city):
+    """Creeks (河涌) every ~1.2 km on both banks, from the river (their mouth reach held at
+    its control level, below the river's) up the town in reaches between weirs, each with a
+    flat normal level that is never above the reach upstream and stays well below the banks;
+    the DEM holds their beds between the walls."""
+    creeks, t, river = city.creeks, city.terrain, city.river
+    assert creeks["creek"].nunique() >= 2 and set(creeks["side"]) == {-1, 1}
+    assert (creeks["class"] == "canal").all() and creeks["id"].is_unique
+    assert (
+        shapely.intersects(creeks.geometry.to_numpy(), river.channel).sum()
+        == creeks["creek"].nunique()
+    )  # each creek's first reach opens into the river
+    for _, reaches in creeks.groupby("creek"):
+        reaches = reaches.sort_values("reach")
+        level = reaches["water_level"].to_numpy()
+        assert level[0] == CREEK_MOUTH_LEVEL < river.water_level
+        assert (np.diff(level) >= 0).all()
+        for r in reaches.itertuples(index=False):
+            lo, hi = sorted((r.y_from, r.y_to))
+            ys = np.linspace(lo + 3, hi - 3, 20)
+            inside = t.sample(np.column_stack([np.full(20, r.x), ys]))
+            bank = t.sample(np.column_stack([np.full(20, r.x + r.width / 2 + 2 * t.cell), ys]))
+            bank = np.minimum(
+                bank, t.sample(np.column_stack([np.full(20, r.x - r.width / 2 - 2 * t.cell), ys]))
+            )
+            if r.culvert:  # under a hill: the ground above it stands, not carved
+                assert (inside > r.water_level).all()
+                continue
+            if r.reach > 1:
+                assert np.allclose(inside, r.bed_level, atol=0.01)
+            assert (inside < r.water_level).all()
+            assert (bank > r.water_level + 0.5).all()  # well below its banks
+            assert r.bed_level == pytest.approx(r.water_level - 1.5)
+    # the blocks keep a path along them; no building stands in or at a creek
+    water = shapely.union_all(creeks[~creeks["culvert"]].geometry.to_numpy())
+    assert not shapely.intersects(city.blocks.geometry.to_numpy(), water.buffer(5.0)).any()
+    assert not city.buildings.intersects(water.buffer(6.0)).any()
 
 
 def test_buildings_are_in_blocks_off_streets_and_out_of_the_river(city):

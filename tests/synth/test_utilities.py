@@ -136,17 +136,20 @@ def test_gas_mains_and_district_cooling_are_sized_and_placed(city):
     assert sorted(sc["building_id"].dropna()) == sorted(towers)
 
 
-def test_feeders_are_radial_with_open_ties(city):
+def test_feeders_are_radial_with_normally_open_ties(city):
     _, plan = city
     nodes = plan.nodes[plan.nodes["network"] == "power"]
     links = plan.links[plan.links["network"] == "power"]
-    closed = links[links["initial_status"] == "closed"]
-    ties = links[links["initial_status"] == "open"]
-    assert len(ties) > 0 and (_prop(ties, "role") == "tie").all()
+    # the twin's (EPANET's) convention: closed carries nothing; only the ties are closed
+    live = links[links["initial_status"] == "open"]
+    ties = links[links["initial_status"] == "closed"]
+    assert len(live) + len(ties) == len(links) and len(ties) > 0
+    assert (_prop(ties, "role") == "tie").all() and _prop(ties, "normally_open").all()
+    assert not _prop(live, "normally_open").any()
     g = nx.Graph()
     g.add_nodes_from(nodes["id"])
-    g.add_edges_from(zip(closed["from_node"], closed["to_node"], strict=True))
-    assert g.number_of_edges() == len(closed)  # no two closed cables between the same nodes
+    g.add_edges_from(zip(live["from_node"], live["to_node"], strict=True))
+    assert g.number_of_edges() == len(live)  # no two live cables between the same nodes
     assert nx.is_forest(g)
     subs = set(nodes[nodes["class"] == "substation"]["id"])
     assert subs
@@ -154,17 +157,47 @@ def test_feeders_are_radial_with_open_ties(city):
         assert len(component & subs) == 1  # each transformer is fed from exactly one substation
     for tr in nodes[nodes["class"] == "transformer"]["id"]:
         assert any(nx.has_path(g, tr, s) for s in subs)
-    # a tie joins two different feeders, both live
-    feeder = lambda n: n.split("N")[0]  # noqa: E731
-    assert all(
-        feeder(a) != feeder(b) for a, b in zip(ties["from_node"], ties["to_node"], strict=True)
-    )
+    # the feeders: what hangs on the substations' exits; every tie joins two of them (both
+    # live), one tie between two feeders, and every feeder has a tie (an open ring)
+    feeders = g.subgraph(set(g) - subs)
+    feeder = {n: k for k, part in enumerate(nx.connected_components(feeders)) for n in part}
+    exits = live[live["from_node"].isin(subs)]
+    assert len({feeder[n] for n in exits["to_node"]}) == len(exits)
+    pairs = [
+        frozenset((feeder[a], feeder[b]))
+        for a, b in zip(ties["from_node"], ties["to_node"], strict=True)
+    ]
+    assert all(len(p) == 2 for p in pairs) and len(set(pairs)) == len(pairs)
+    assert set().union(*pairs) == set(feeder[n] for n in exits["to_node"])
     for a, b in zip(ties["from_node"], ties["to_node"], strict=True):
         assert any(nx.has_path(g, a, s) for s in subs) and any(nx.has_path(g, b, s) for s in subs)
     # ten kilovolt to the transformers, 0.4 kV from them
     mv = _prop(links, "role") != "service"
     assert (links["pressure_class"][mv] == "MV").all()
     assert (links["pressure_class"][~mv] == "LV").all()
+
+
+def test_lines_end_only_where_something_ends_them(city):
+    """No loose ends: a power cable ends at a substation, a transformer or a building; a gas
+    or cooling main that ends is closed by a cap, and so is a duct bank's stub-out."""
+    _, plan = city
+    nodes, links = plan.nodes, plan.links
+    degree = pd.concat([links["from_node"], links["to_node"]]).value_counts()
+    ends = nodes[nodes["id"].map(degree).eq(1).to_numpy()]
+    allowed = {
+        "power": {"substation", "transformer", "service_connection"},
+        "gas": {"regulator", "service_connection", "cap"},
+        "heating": {"pumping_station", "service_connection", "cap"},
+        "telecom": {"cap"},
+    }
+    for net, group in ends.groupby("network"):
+        assert set(group["class"]) <= allowed[net], net
+    caps = nodes[nodes["class"] == "cap"]
+    assert set(caps["network"]) <= {"gas", "heating", "telecom"} and len(caps) > 0
+    assert (caps["id"].map(degree) == 1).all()
+    # the low-pressure mains that stop short of a medium-pressure main without a feed
+    stops = nodes[nodes["id"].str.startswith("gas:LE")]
+    assert len(stops) > 0 and (stops["class"] == "cap").all()
 
 
 def test_nothing_floats_above_ground(city):
@@ -278,8 +311,10 @@ def test_utilities_load_into_a_twin(make_twin):
     assert len(tr) == (plan.nodes["class"] == "transformer").sum()
     assert (tr["network"] == "power").all() and (tr["depth"] > 0).all()
     cables = store.query(Query("utility_links", classes=["cable"]))
-    open_ = (plan.links["initial_status"] == "open") & (plan.links["network"] == "power")
-    assert (cables["initial_status"] == "open").sum() == open_.sum()
+    shut = (plan.links["initial_status"] == "closed") & (plan.links["network"] == "power")
+    assert (cables["initial_status"] == "closed").sum() == shut.sum() > 0
+    caps = store.query(Query("utility_nodes", classes=["cap"]))
+    assert len(caps) == (plan.nodes["class"] == "cap").sum() > 0
     # every building served in the twin has a power service connection there
     sc = store.query(Query("utility_nodes", classes=["service_connection"]))
     assert set(sc[sc["network"] == "power"]["building_id"]) == set(
