@@ -266,8 +266,8 @@ def section_network_at_scale(pipes: int = 1_000_000, queries: int = 200) -> list
         (
             f"  downstream trace (median of {len(starts)}; mean {np.mean(reached):,.0f} nodes)",
             f"{statistics.median(down_t) * ms:.2f} ms",
-            f"{statistics.median(nx_down) * ms:.1f} ms (networkx descendants)",
-            f"{statistics.median(nx_down) / statistics.median(down_t):,.0f} x",
+            f"{statistics.median(nx_down) * ms:.2f} ms (networkx descendants)",
+            f"{statistics.median(nx_down) / statistics.median(down_t):,.1f} x",
             "<= 50 ms",
         ),
         (
@@ -281,8 +281,8 @@ def section_network_at_scale(pipes: int = 1_000_000, queries: int = 200) -> list
         (
             f"  upstream trace (median of {len(starts)})",
             f"{statistics.median(up_t) * ms:.2f} ms",
-            f"{statistics.median(nx_up) * ms:.1f} ms (networkx ancestors)",
-            f"{statistics.median(nx_up) / statistics.median(up_t):,.0f} x",
+            f"{statistics.median(nx_up) * ms:.2f} ms (networkx ancestors)",
+            f"{statistics.median(nx_up) / statistics.median(up_t):,.1f} x",
             "<= 50 ms",
         ),
         (
