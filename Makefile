@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_networks.py
 	$(BIN)/python benchmarks/bench_warning.py
+	$(BIN)/python benchmarks/bench_timeseries.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

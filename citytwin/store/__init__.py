@@ -5,7 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from citytwin.model import TwinMeta
-from citytwin.store.base import FILTER_OPS, Filter, LayerSummary, Query, Store
+from citytwin.store.base import (
+    AGGREGATES,
+    FILTER_OPS,
+    REJECT_SOURCES,
+    AppendResult,
+    Filter,
+    LayerSummary,
+    ProvisionResult,
+    Query,
+    Store,
+    StreamQuery,
+)
 
 
 def create_store(location: str | Path, meta: TwinMeta) -> Store:
@@ -22,4 +33,17 @@ def open_store(location: str | Path, read_only: bool = False) -> Store:
     return DuckDBStore.open(location, read_only=read_only)
 
 
-__all__ = ["FILTER_OPS", "Filter", "LayerSummary", "Query", "Store", "create_store", "open_store"]
+__all__ = [
+    "AGGREGATES",
+    "FILTER_OPS",
+    "REJECT_SOURCES",
+    "AppendResult",
+    "Filter",
+    "LayerSummary",
+    "ProvisionResult",
+    "Query",
+    "Store",
+    "StreamQuery",
+    "create_store",
+    "open_store",
+]

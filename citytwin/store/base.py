@@ -2,6 +2,13 @@
 
 Frames in, frames out: backends take and return feature frames (see ``citytwin.model``) in
 the twin's CRS. Writes are transactional; ``transaction()`` groups several into one.
+
+Time series (``citytwin.sensing`` is the vocabulary): ``provision`` datastreams in bulk,
+``append_observations`` in columnar batches (idempotent on (datastream, phenomenon time);
+unknown datastreams and bad readings come back per row with a reason), and read them back as
+raw ranges, latest values in bulk (by bbox, zone, network, property, ids), aggregates per
+interval and downsampled series for charts. Times are naive UTC; intervals are half-open
+``[start, end)``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import geopandas as gpd
+import pandas as pd
+import pyarrow as pa
 import shapely
 
 from citytwin.errors import InvalidInput
@@ -108,6 +117,95 @@ class LayerSummary:
     versions: int = 0
 
 
+AGGREGATES = ("min", "max", "mean", "sum", "count")
+"""Statistics ``Store.aggregate`` computes per interval."""
+REJECT_SOURCES = ("http", "mqtt", "replay", "import")
+"""Where a rejected reading came from (the dead-letter table's ``source``)."""
+
+
+@dataclass(frozen=True)
+class StreamQuery:
+    """Which datastreams: every condition is optional; they combine with AND (a list means
+    any of its values; a single string is a list of one)."""
+
+    ids: Sequence[str] | None = None
+    things: Sequence[str] | None = None
+    assets: Sequence[str] | None = None
+    observed_properties: Sequence[str] | None = None
+    networks: Sequence[str] | None = None
+    zones: Sequence[str] | None = None
+    groups: Sequence[str] | None = None
+    tags: Sequence[str] | None = None  # datastreams carrying any of these tags
+    bbox: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ids", "things", "assets", "observed_properties", "networks", "zones",
+                     "groups", "tags"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(str(v) for v in value))
+        if self.bbox is not None:
+            try:
+                box = tuple(float(v) for v in self.bbox)
+            except (TypeError, ValueError):
+                box = ()
+            if len(box) != 4 or not (box[0] <= box[2] and box[1] <= box[3]):
+                raise InvalidInput(
+                    f"bbox {self.bbox!r} is not minx, miny, maxx, maxy",
+                    hint="give four numbers in the twin's CRS with min <= max",
+                )
+            object.__setattr__(self, "bbox", box)
+
+    @classmethod
+    def of(cls, select: StreamQuery | Sequence[str] | str | None) -> StreamQuery:
+        """A query from a query, a list of datastream ids or one id (None: all)."""
+        if select is None:
+            return cls()
+        if isinstance(select, StreamQuery):
+            return select
+        return cls(ids=select)
+
+
+@dataclass
+class ProvisionResult:
+    """What ``Store.provision`` did."""
+
+    created: int
+    updated: int
+
+
+@dataclass
+class AppendResult:
+    """What ``Store.append_observations`` did with a batch: rows stored, rows already stored
+    (or repeated in the batch), and the rejected rows (``row``: position in the batch,
+    ``datastream_id``, ``phenomenon_time``, ``result``, ``reason``)."""
+
+    inserted: int
+    duplicates: int
+    rejected: pd.DataFrame
+
+    @property
+    def accepted(self) -> int:
+        """Rows that are now stored (new or already there): safe to acknowledge."""
+        return self.inserted + self.duplicates
+
+
+def interval_us(interval: Any, *, name: str = "interval") -> int:
+    """An interval (``"5min"``, ``"1h"``, ``"1D"``, a timedelta) in microseconds: 1 s to 366 d."""
+    try:
+        td = pd.Timedelta(interval)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"{name} {interval!r} is not a duration", hint="e.g. 5min, 15min, 1h, 1D"
+        ) from None
+    us = int(td / pd.Timedelta(microseconds=1))
+    if not 1_000_000 <= us <= 366 * 86_400_000_000:
+        raise InvalidInput(f"{name} {interval!r} must be between 1 s and 366 days")
+    return us
+
+
 class Store(ABC):
     """A twin's persistent home: features with history, rasters and documents."""
 
@@ -190,6 +288,103 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the backend's resources."""
+
+    # -- time series ----------------------------------------------------------------------
+    @abstractmethod
+    def provision(
+        self, datastreams: pd.DataFrame | pa.Table | Iterable[pd.DataFrame | pa.Table]
+    ) -> ProvisionResult:
+        """Create or update datastreams (a frame, or chunks of one; see
+        ``citytwin.sensing.validate_datastreams``), all or nothing. A datastream's Thing must
+        be a current feature of the ``devices`` layer: the datastream takes its location, and
+        its ``asset_id`` and ``network`` where the frame leaves them out."""
+
+    @abstractmethod
+    def datastreams(self, select: StreamQuery | Sequence[str] | None = None) -> pd.DataFrame:
+        """The datastreams selected (``DATASTREAM_COLUMNS`` plus ``x``, ``y``,
+        ``created_at``, ``updated_at``); usable as the rule engine's ``Catalog``."""
+
+    @abstractmethod
+    def append_observations(
+        self,
+        batch: pd.DataFrame | pa.Table | Any,
+        *,
+        not_after: dt.datetime | None = None,
+        dead_letter: str | None = None,
+    ) -> AppendResult:
+        """Store a batch (``citytwin.sensing.OBSERVATION_COLUMNS``) in one transaction and keep
+        each datastream's latest value. Idempotent: a (datastream, phenomenon time) already
+        stored, or repeated in the batch, is stored once (the first wins). Rows that can't be
+        stored (``citytwin.sensing.REJECT_REASONS``; ``not_after`` rejects later times) come
+        back in ``rejected`` and, with ``dead_letter`` (a ``REJECT_SOURCES`` name), are also
+        written to the dead-letter table in the same transaction. Raises only for a batch
+        without the required columns."""
+
+    @abstractmethod
+    def observations(
+        self,
+        select: StreamQuery | Sequence[str] | str,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        *,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """Raw observations of the selected datastreams in ``[start, end)``, by datastream
+        then time (``OBSERVATION_COLUMNS``)."""
+
+    @abstractmethod
+    def latest(
+        self, select: StreamQuery | Sequence[str] | None = None, *, include_empty: bool = False
+    ) -> pd.DataFrame:
+        """The latest observation of each selected datastream: ``datastream_id``,
+        ``thing_id``, ``observed_property``, ``unit``, ``asset_id``, ``network``, ``zone``,
+        ``x``, ``y``, ``phenomenon_time``, ``result``, ``result_time``, ``result_quality``
+        (datastreams never observed only with ``include_empty``)."""
+
+    @abstractmethod
+    def aggregate(
+        self,
+        select: StreamQuery | Sequence[str] | str,
+        start: dt.datetime,
+        end: dt.datetime,
+        interval: Any = "1h",
+        *,
+        stats: Sequence[str] = AGGREGATES,
+        per_datastream: bool = True,
+        offset: Any = None,
+    ) -> pd.DataFrame:
+        """``stats`` (of ``AGGREGATES``) per interval over ``[start, end)``: per datastream
+        (``datastream_id`` as a categorical, ``bucket``, stats; by bucket, then datastream)
+        or, with ``per_datastream`` False, over all selected datastreams together
+        (``bucket``, stats). Buckets start at the Unix epoch plus ``offset`` (e.g. ``"-8h"``
+        for days from midnight in UTC+8); empty buckets are left out."""
+
+    @abstractmethod
+    def downsample(
+        self, datastream_id: str, start: dt.datetime, end: dt.datetime, buckets: int = 1000
+    ) -> pd.DataFrame:
+        """A series for a chart ``buckets`` pixels wide: per bucket the first, last, lowest and
+        highest observation (M4), so extremes are never lost (``phenomenon_time``,
+        ``result``; at most 4 per bucket)."""
+
+    @abstractmethod
+    def append_rejected(self, records: pd.DataFrame | Sequence[dict[str, Any]]) -> int:
+        """Add readings that were refused to the dead-letter table: ``payload`` (the raw
+        text, bytes or a JSON-able value), ``reason``, ``source`` (``REJECT_SOURCES``),
+        optionally ``datastream_id`` and ``received_at`` (default now)."""
+
+    @abstractmethod
+    def rejected(
+        self,
+        *,
+        source: str | None = None,
+        reason: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = 1000,
+    ) -> pd.DataFrame:
+        """Dead letters, newest first: ``received_at``, ``source``, ``reason``,
+        ``datastream_id``, ``payload``."""
 
     # -- conveniences built on the above ------------------------------------------------
     def get(self, layer_name: str, fid: str, as_of: dt.datetime | None = None) -> Feature | None:

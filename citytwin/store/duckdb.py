@@ -9,6 +9,31 @@ order and carry their bounding box in four columns, so DuckDB's per-row-group mi
 maps prune a window query down to a few row groups. On 1 M footprints this answers a
 1,000-feature window in a few milliseconds, several times faster than DuckDB's RTREE index
 scan (see ``benchmarks/``), and the SQL stays portable to PostGIS.
+
+Time series (``citytwin.sensing`` is the vocabulary) live in four tables:
+
+- ``datastreams``: one row per datastream, with an integer surrogate ``key`` (what the
+  observation rows carry) and its Thing's bounding box in ``minx .. maxy``. New datastreams get
+  their keys, and their rows their place, in Hilbert order of their location, so a bbox
+  (or a zone, mostly) selects a few key ranges and the zone maps prune the rest.
+- ``latest_observations``: one row per datastream (created with it), updated in the same
+  transaction as each append: the latest value of any set of datastreams is a join of two
+  narrow tables, never a scan of the observations.
+- ``observations``: (key, phenomenon_time, result, result_time, result_quality), one native
+  columnar table. "Partitioned by time" is done by the physical order: each batch is inserted
+  sorted by phenomenon time, so with live data (arriving roughly in time order) every row
+  group (122,880 rows) covers a short time span, and DuckDB's per-row-group min/max zone maps
+  skip every row group outside a query's time range — time partitions without the
+  bookkeeping of one table per month, and one table for queries across months.
+  Idempotency costs no index: a reading later than its datastream's latest is new, one at the
+  latest's time is a duplicate (a re-sent last reading) — one join with the narrow latest
+  table decides both. Only readings older than their datastream's latest (out of order, or a
+  backlog) are looked up in the observations, and then only in the stored rows of their time
+  windows (the distinct times cut at gaps over ``DEDUPE_GAP``, at most ``DEDUPE_WINDOWS``), so
+  that costs what their own time span holds, not the table's size. Appends are serialised by
+  the store's lock (one transaction at a time), so concurrent writers sharing the store can't
+  both insert a reading (one store object per file and process).
+- ``rejected_observations``: the dead letters (raw payload, reason, source, received time).
 """
 
 from __future__ import annotations
@@ -17,7 +42,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +51,32 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from citytwin.errors import CityTwinError, InvalidInput, NotFound
 from citytwin.model import BASE_COLUMNS, LAYERS, AttrType, TwinMeta, empty_frame, layer
-from citytwin.store.base import Filter, LayerSummary, Query, Store
+from citytwin.sensing.model import (
+    DATASTREAM_COLUMNS,
+    REJECT_REASONS,
+    UNKNOWN,
+    WRONG_TYPE,
+    check_result_types,
+    prepare_observations,
+    validate_datastreams,
+)
+from citytwin.store.base import (
+    AGGREGATES,
+    REJECT_SOURCES,
+    AppendResult,
+    Filter,
+    LayerSummary,
+    ProvisionResult,
+    Query,
+    Store,
+    StreamQuery,
+    interval_us,
+)
 
 BULK_MEMORY = "512MB"
 """DuckDB's memory cap while a bulk insert stages and sorts (it spills to disk beyond)."""
@@ -42,6 +88,36 @@ _SQL_TYPE = {
     AttrType.BOOL: "BOOLEAN",
     AttrType.DATE: "DATE",
 }
+_SERIES_TABLES = (
+    "CREATE TABLE IF NOT EXISTS datastreams (key INTEGER NOT NULL, id VARCHAR NOT NULL,"
+    " name VARCHAR, description VARCHAR, thing_id VARCHAR NOT NULL, sensor_id VARCHAR,"
+    " observed_property VARCHAR NOT NULL, property_definition VARCHAR, unit VARCHAR NOT NULL,"
+    " unit_name VARCHAR, unit_definition VARCHAR, observation_type VARCHAR NOT NULL,"
+    " asset_id VARCHAR, network VARCHAR, zone VARCHAR, group_key VARCHAR, tags VARCHAR,"
+    " created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL, minx DOUBLE NOT NULL,"
+    " miny DOUBLE NOT NULL, maxx DOUBLE NOT NULL, maxy DOUBLE NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS latest_observations (key INTEGER NOT NULL,"
+    " phenomenon_time TIMESTAMP, result DOUBLE, result_time TIMESTAMP, result_quality VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS observations (key INTEGER NOT NULL,"
+    " phenomenon_time TIMESTAMP NOT NULL, result DOUBLE NOT NULL, result_time TIMESTAMP,"
+    " result_quality VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS rejected_observations (received_at TIMESTAMP NOT NULL,"
+    " source VARCHAR NOT NULL, reason VARCHAR NOT NULL, datastream_id VARCHAR, payload VARCHAR)",
+)
+_DS_SQL = {c: {"datastream_id": "id", "group": "group_key"}.get(c, c) for c in DATASTREAM_COLUMNS}
+"""Datastream frame column -> SQL column."""
+DEDUPE_GAP = dt.timedelta(minutes=1)
+"""Times of a batch further apart than this are checked for duplicates in separate windows."""
+DEDUPE_WINDOWS = 16
+"""At most this many windows per batch (the widest gaps split it)."""
+MAX_BUCKETS = 100_000
+PROVISION_SLICE = 200_000
+"""Datastreams are appended in slices of this many rows."""
+AGG_GROUPS = 300_000
+"""``Store.aggregate`` works a time slice of about this many (datastream, bucket) groups at a
+time."""
+_EPOCH = dt.datetime(1970, 1, 1)
+
 _BASE_SQL = (
     ("fid", "VARCHAR NOT NULL"),
     ("class", "VARCHAR NOT NULL"),
@@ -97,6 +173,11 @@ class DuckDBStore(Store):
             raise NotFound(f"{path} is not a CityTwin store")
         self.meta = TwinMeta.from_dict(meta)
         self._crs = self.meta.pyproj_crs
+        self._series = bool(
+            con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'observations'"
+            ).fetchone()[0]
+        )
 
     # -- opening ------------------------------------------------------------------------
     @staticmethod
@@ -128,6 +209,8 @@ class DuckDBStore(Store):
         )
         for name in LAYERS:
             con.execute(cls._create_table_sql(name))
+        for sql in _SERIES_TABLES:
+            con.execute(sql)
         return cls(con, path)
 
     @classmethod
@@ -140,6 +223,14 @@ class DuckDBStore(Store):
             con = cls._connect(path, read_only=read_only)
         except duckdb.Error as exc:
             raise InvalidInput(f"can't open {path} as a twin: {exc}") from None
+        if (
+            not read_only
+            and con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'documents'"
+            ).fetchone()[0]
+        ):
+            for sql in _SERIES_TABLES:  # twins made before time series existed get them
+                con.execute(sql)
         return cls(con, path)
 
     @staticmethod
@@ -610,6 +701,648 @@ class DuckDBStore(Store):
                     "SELECT key FROM documents WHERE starts_with(key, ?) ORDER BY key", [prefix]
                 ).fetchall()
             ]
+
+    # -- time series ----------------------------------------------------------------------
+    def _require_series(self) -> None:
+        if not self._series:
+            raise NotFound(
+                f"{self.path} has no time series tables: it was made by an older CityTwin;"
+                " open it once without read_only to add them"
+            )
+
+    def provision(
+        self, datastreams: pd.DataFrame | pa.Table | Iterable[pd.DataFrame | pa.Table]
+    ) -> ProvisionResult:
+        """Create or update datastreams (see ``Store.provision``), all or nothing. DuckDB only
+        joins and sorts narrow columns (ids, locations, keys); the wide rows are put in
+        Hilbert order in Arrow and appended as they are."""
+        self._require_series()
+        one = isinstance(datastreams, pd.DataFrame | pa.Table | dict)
+        tables = [validate_datastreams(c) for c in ([datastreams] if one else datastreams)]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return ProvisionResult(0, 0)
+        if any(not t.schema.equals(tables[0].schema) for t in tables):  # chunks differ
+            plain = [pa.schema([(c, pa.large_string()) for c in t.column_names]) for t in tables]
+            tables = [t.cast(schema) for t, schema in zip(tables, plain, strict=True)]
+        staged = pa.concat_tables(tables)
+        del tables
+        ids = staged.column("datastream_id")
+        if pc.count_distinct(ids).as_py() != staged.num_rows:
+            dup = pd.Index(ids.to_numpy()).duplicated()
+            raise InvalidInput(
+                "duplicate datastream id",
+                feature=ids[int(np.flatnonzero(dup)[0])].as_py(),
+                hint="datastream ids must be unique",
+            )
+        now = pd.Timestamp(_now())
+        with self._memory_cap(BULK_MEMORY), self.transaction():
+            placed = self._place_datastreams(staged)
+            old = placed.column("old_key").to_numpy(zero_copy_only=False)
+            old = np.where(np.isnan(old), -1, old).astype(np.int64)
+            base = max(
+                self.con.execute("SELECT coalesce(max(key), 0) FROM datastreams").fetchone()[0],
+                int(old.max()) if len(old) else 0,
+            )
+            is_new = old < 0
+            keys = np.where(is_new, base + np.cumsum(is_new), old).astype(np.int32)
+            self.con.register("_ds_old", pa.table({"key": pa.array(keys[~is_new])}))
+            self.con.register("_ds_new", pa.table({"key": pa.array(np.sort(keys[is_new]))}))
+            try:
+                if not is_new.all():  # updates: a delete and an insert keeping the key
+                    self.con.execute(
+                        "DELETE FROM datastreams WHERE key IN (SELECT key FROM _ds_old)"
+                    )
+                for lo in range(0, len(keys), PROVISION_SLICE):  # in slices: less memory
+                    part = placed.slice(lo, PROVISION_SLICE)
+                    self._insert_datastreams(
+                        staged.take(part.column("_row")), part, keys[lo : lo + PROVISION_SLICE], now
+                    )
+                self.con.execute("INSERT INTO latest_observations (key) SELECT key FROM _ds_new")
+            finally:
+                for name in ("_ds_old", "_ds_new"):
+                    self.con.unregister(name)
+        updated = int((~is_new).sum())
+        return ProvisionResult(len(keys) - updated, updated)
+
+    def _insert_datastreams(
+        self, rows: pa.Table, placed: pa.Table, keys: np.ndarray, now: pd.Timestamp
+    ) -> None:
+        """Append validated datastream rows with their keys, places and times."""
+        cols = {"key": pa.array(keys)}
+        for c in DATASTREAM_COLUMNS:
+            col = rows.column(c)
+            if c in ("asset_id", "network"):  # the Thing's, where the frame gives none
+                col = pc.coalesce(col, placed.column(f"device_{c}"))
+            cols[_DS_SQL[c]] = col
+        created = placed.column("created_at")
+        cols["created_at"] = pc.coalesce(created, pa.scalar(now, created.type))
+        cols["updated_at"] = pa.repeat(pa.scalar(now, pa.timestamp("us")), len(keys))
+        for c in ("minx", "miny", "maxx", "maxy"):
+            cols[c] = placed.column(c)
+        names = ", ".join(cols)
+        self.con.register("_ds_rows", pa.table(cols))
+        try:
+            self.con.execute(f"INSERT INTO datastreams ({names}) SELECT {names} FROM _ds_rows")
+        finally:
+            self.con.unregister("_ds_rows")
+
+    def _place_datastreams(self, staged: pa.Table) -> pa.Table:
+        """Per staged datastream (``_row``), in Hilbert order of its Thing's location: the
+        location, the Thing's asset and network, and the key and creation time of the stored
+        datastream it replaces (if any)."""
+        narrow = pa.table(
+            {
+                "_row": pa.array(np.arange(staged.num_rows), pa.int32()),
+                "datastream_id": staged.column("datastream_id"),
+                "thing_id": staged.column("thing_id"),
+                "no_asset": staged.column("asset_id").is_null(),
+                "no_network": staged.column("network").is_null(),
+            }
+        )
+        self.con.register("_ds_stage", narrow)
+        try:
+            ext = (
+                self.meta.extent
+                or self.con.execute(
+                    "SELECT coalesce(min(minx), 0), coalesce(min(miny), 0),"
+                    " coalesce(max(maxx), 0) + 1, coalesce(max(maxy), 0) + 1 FROM devices"
+                    " WHERE valid_to IS NULL"
+                ).fetchone()
+            )
+            box = (
+                f"{{'min_x': {ext[0]}, 'min_y': {ext[1]}, 'max_x': {ext[2]},"
+                f" 'max_y': {ext[3]}}}::BOX_2D"
+            )
+            placed = self.con.execute(
+                "SELECT s._row, d.minx, d.miny, d.maxx, d.maxy,"
+                " CASE WHEN s.no_asset THEN d.feature_id END AS device_asset_id,"
+                " CASE WHEN s.no_network THEN d.network END AS device_network,"
+                " o.key AS old_key, o.created_at,"
+                f" ST_Hilbert((d.minx + d.maxx) / 2, (d.miny + d.maxy) / 2, {box}) AS h"
+                " FROM _ds_stage s"
+                " LEFT JOIN (SELECT fid, feature_id, network, minx, miny, maxx, maxy FROM devices"
+                " WHERE valid_to IS NULL) d ON d.fid = s.thing_id"
+                " LEFT JOIN (SELECT id, key, created_at FROM datastreams) o"
+                " ON o.id = s.datastream_id"
+            ).to_arrow_table()  # sorted here: a sort of this in DuckDB needs ~1 GB
+        finally:
+            self.con.unregister("_ds_stage")
+        missing = placed.column("minx").is_null().to_numpy(zero_copy_only=False)
+        if missing.any():
+            i = placed.column("_row")[int(np.flatnonzero(missing)[0])].as_py()
+            raise InvalidInput(
+                f"the datastream's Thing {staged.column('thing_id')[i].as_py()!r}"
+                " is not a current device",
+                layer="devices",
+                feature=staged.column("datastream_id")[i].as_py(),
+                hint="Things are features of the 'devices' layer: insert the device first",
+            )
+        order = np.lexsort((placed.column("_row").to_numpy(), placed.column("h").to_numpy()))
+        return placed.take(order)
+
+    def append_observations(
+        self,
+        batch: pd.DataFrame | pa.Table | Any,
+        *,
+        not_after: dt.datetime | None = None,
+        dead_letter: str | None = None,
+    ) -> AppendResult:
+        self._require_series()
+        if dead_letter is not None and dead_letter not in REJECT_SOURCES:
+            raise InvalidInput(
+                f"unknown dead-letter source {dead_letter!r}",
+                hint=f"use one of {', '.join(REJECT_SOURCES)}",
+            )
+        table, reason = prepare_observations(batch, not_after=not_after)
+        t = table.column("phenomenon_time").to_numpy().astype("datetime64[us]").view(np.int64)
+        with self.transaction():
+            keys, otype = self._keys(table.column("datastream_id"))
+            reason[(reason < 0) & (keys < 0)] = UNKNOWN
+            wrong = check_result_types(table.column("result").to_numpy(), otype)
+            reason[(reason < 0) & wrong] = WRONG_TYPE
+            ok = np.flatnonzero(reason < 0)
+            # the first of the rows with the same (datastream, time) in the batch
+            order = ok[np.lexsort((ok, t[ok], keys[ok]))]
+            first = np.ones(len(order), bool)
+            first[1:] = (keys[order[1:]] != keys[order[:-1]]) | (t[order[1:]] != t[order[:-1]])
+            cand = order[first]  # sorted by (key, time)
+            new = cand[~self._stored(keys[cand], t[cand])]
+            if len(new):
+                self._insert_observations(table, keys, t, new)
+            bad = np.flatnonzero(reason >= 0)
+            if dead_letter is not None and len(bad):
+                self._dead_letters(batch, bad, reason, dead_letter)
+        rejected = pd.DataFrame(
+            {
+                "row": bad,
+                "datastream_id": table.column("datastream_id").take(bad).to_pandas(),
+                "phenomenon_time": table.column("phenomenon_time").take(bad).to_pandas(),
+                "reason": np.array(REJECT_REASONS, dtype=object)[reason[bad]],
+            }
+        )
+        return AppendResult(len(new), len(ok) - len(new), rejected)
+
+    def _keys(self, ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        """Surrogate keys (-1: unknown) and observation types of datastream ids."""
+        ids = ids.combine_chunks()
+        uniq = pc.unique(ids).drop_null()
+        ukey = np.full(len(uniq), -1, np.int64)
+        utype = np.full(len(uniq), None, object)
+        if len(uniq):
+            self.con.register(
+                "_ids", pa.table({"i": pa.array(np.arange(len(uniq)), pa.int32()), "id": uniq})
+            )
+            try:
+                found = self.con.execute(
+                    "SELECT u.i, d.key, d.observation_type FROM _ids u"
+                    " JOIN datastreams d ON d.id = u.id"
+                ).to_arrow_table()
+            finally:
+                self.con.unregister("_ids")
+            i = found.column("i").to_numpy()
+            ukey[i] = found.column("key").to_numpy()
+            utype[i] = found.column("observation_type").to_numpy(zero_copy_only=False)
+        pos = pc.fill_null(pc.index_in(ids, value_set=uniq), -1).to_numpy()
+        hit = pos >= 0
+        keys = np.full(len(ids), -1, np.int64)
+        otype = np.full(len(ids), None, object)
+        keys[hit], otype[hit] = ukey[pos[hit]], utype[pos[hit]]
+        return keys, otype
+
+    def _stored(self, keys: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Which (key, time) pairs are stored already. A reading later than its datastream's
+        latest is new, one at the latest's time a duplicate: neither reads observations.
+        Only readings older than their datastream's latest (out of order, or re-sent late)
+        are looked up, in the stored rows of their time windows."""
+        stored = np.zeros(len(keys), bool)
+        if not len(keys):
+            return stored
+        cand = pa.table(
+            {
+                "i": pa.array(np.arange(len(keys)), pa.int32()),
+                "key": pa.array(keys, pa.int32()),
+                "t": pa.array(t.view("datetime64[us]"), pa.timestamp("us")),
+            }
+        )
+        self.con.register("_cand", cand)
+        try:
+            older = self.con.execute(
+                "SELECT c.i, c.t = l.phenomenon_time AS same FROM _cand c"
+                " JOIN latest_observations l ON l.key = c.key WHERE c.t <= l.phenomenon_time"
+            ).fetchnumpy()
+            i = np.asarray(older["i"], np.int64)
+            same = np.asarray(older["same"], bool)
+            stored[i[same]] = True
+            look = i[~same]
+            if len(look):
+                parts, params = [], []
+                for lo, hi in _windows(t[look]):
+                    inside = look[(t[look] >= lo) & (t[look] <= hi)]
+                    parts.append(
+                        "SELECT key, phenomenon_time FROM observations"
+                        " WHERE phenomenon_time BETWEEN ? AND ? AND key BETWEEN ? AND ?"
+                    )
+                    params += [_ts(lo), _ts(hi), int(keys[inside].min()), int(keys[inside].max())]
+                self.con.register("_look", cand.take(pa.array(look)))
+                hits = self.con.execute(
+                    f"SELECT c.i FROM _look c SEMI JOIN ({' UNION ALL '.join(parts)}) o"
+                    " ON o.key = c.key AND o.phenomenon_time = c.t",
+                    params,
+                ).fetchnumpy()["i"]
+                stored[np.asarray(hits, np.int64)] = True
+        finally:
+            self.con.unregister("_cand")
+            with suppress(duckdb.Error):
+                self.con.unregister("_look")
+        return stored
+
+    def _insert_observations(
+        self, table: pa.Table, keys: np.ndarray, t: np.ndarray, new: np.ndarray
+    ) -> None:
+        """Insert rows ``new`` (sorted by key, time) in time order; move the latest values."""
+
+        def rows(idx: np.ndarray) -> pa.Table:
+            take = pa.array(idx)
+            return pa.table(
+                {
+                    "key": pa.array(keys[idx], pa.int32()),
+                    **{
+                        c: table.column(c).take(take)
+                        for c in ("phenomenon_time", "result", "result_time", "result_quality")
+                    },
+                }
+            )
+
+        by_time = new[np.argsort(t[new], kind="stable")]
+        k = keys[new]
+        last = new[np.flatnonzero(np.append(k[1:] != k[:-1], True))]
+        self.con.register("_obs_new", rows(by_time))
+        self.con.register("_obs_last", rows(last))
+        try:
+            self.con.execute("INSERT INTO observations SELECT * FROM _obs_new")
+            self.con.execute(
+                "UPDATE latest_observations AS l SET phenomenon_time = n.phenomenon_time,"
+                " result = n.result, result_time = n.result_time,"
+                " result_quality = n.result_quality FROM _obs_last n"
+                " WHERE l.key = n.key AND (l.phenomenon_time IS NULL"
+                " OR n.phenomenon_time > l.phenomenon_time)"
+            )
+        finally:
+            self.con.unregister("_obs_new")
+            self.con.unregister("_obs_last")
+
+    def _dead_letters(self, batch: Any, bad: np.ndarray, reason: np.ndarray, source: str) -> None:
+        raw = batch if isinstance(batch, pd.DataFrame) else _as_frame(batch)
+        rows = raw.iloc[bad]
+        payload = rows.to_json(orient="records", lines=True, date_format="iso").splitlines()
+        ids = rows.get("datastream_id")
+        self.append_rejected(
+            pd.DataFrame(
+                {
+                    "payload": payload,
+                    "reason": np.array(REJECT_REASONS, dtype=object)[reason[bad]],
+                    "source": source,
+                    "datastream_id": ids.to_numpy(object) if ids is not None else None,
+                }
+            )
+        )
+
+    def _stream_where(self, q: StreamQuery, a: str = "d") -> tuple[str, list[Any]]:
+        conds: list[str] = []
+        params: list[Any] = []
+        for attr, col in (
+            ("ids", "id"),
+            ("things", "thing_id"),
+            ("assets", "asset_id"),
+            ("observed_properties", "observed_property"),
+            ("networks", "network"),
+            ("zones", "zone"),
+            ("groups", "group_key"),
+        ):
+            values = getattr(q, attr)
+            if values is not None:
+                conds.append(f"{a}.{col} IN (SELECT unnest(?::VARCHAR[]))")
+                params.append(list(values))
+        if q.tags is not None:
+            conds.append(f"list_has_any(string_split({a}.tags, ','), ?::VARCHAR[])")
+            params.append(list(q.tags))
+        if q.bbox is not None:
+            minx, miny, maxx, maxy = q.bbox
+            conds.append(f"{a}.minx <= ? AND {a}.maxx >= ? AND {a}.miny <= ? AND {a}.maxy >= ?")
+            params += [maxx, minx, maxy, miny]
+        return " AND ".join(conds) or "TRUE", params
+
+    def datastreams(self, select: StreamQuery | Sequence[str] | None = None) -> pd.DataFrame:
+        self._require_series()
+        where, params = self._stream_where(StreamQuery.of(select))
+        cols = ", ".join(f'd.{_DS_SQL[c]} AS "{c}"' for c in DATASTREAM_COLUMNS)
+        sql = (
+            f"SELECT {cols}, (d.minx + d.maxx) / 2 AS x, (d.miny + d.maxy) / 2 AS y,"
+            f" d.created_at, d.updated_at FROM datastreams d WHERE {where} ORDER BY d.key"
+        )
+        with self._lock:
+            return self.con.execute(sql, params).to_arrow_table().to_pandas()
+
+    def latest(
+        self, select: StreamQuery | Sequence[str] | None = None, *, include_empty: bool = False
+    ) -> pd.DataFrame:
+        self._require_series()
+        where, params = self._stream_where(StreamQuery.of(select))
+        sql = (
+            "SELECT d.id AS datastream_id, d.thing_id, d.observed_property, d.unit, d.asset_id,"
+            " d.network, d.zone, (d.minx + d.maxx) / 2 AS x, (d.miny + d.maxy) / 2 AS y,"
+            " l.phenomenon_time, l.result, l.result_time, l.result_quality"
+            f" FROM datastreams d JOIN latest_observations l ON l.key = d.key WHERE {where}"
+            " ORDER BY d.key"
+        )
+        with self._lock:
+            table = self.con.execute(sql, params).to_arrow_table()
+        if not include_empty:  # here: in SQL the filter makes DuckDB hash the whole table
+            table = table.filter(pc.is_valid(table.column("phenomenon_time")))
+        return table.to_pandas()
+
+    def observations(
+        self,
+        select: StreamQuery | Sequence[str] | str,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        *,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        self._require_series()
+        where, params = self._stream_where(StreamQuery.of(select))
+        span, span_params = _time_range(start, end)
+        sql = (
+            f"WITH sel AS (SELECT d.key, d.id FROM datastreams d WHERE {where})"
+            " SELECT sel.id AS datastream_id, o.phenomenon_time, o.result, o.result_time,"
+            f" o.result_quality FROM observations o JOIN sel ON o.key = sel.key WHERE {span}"
+            " ORDER BY sel.id, o.phenomenon_time"
+        )
+        if limit is not None:
+            if limit < 0:
+                raise InvalidInput("limit must not be negative")
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            return self.con.execute(sql, params + span_params).to_arrow_table().to_pandas()
+
+    def aggregate(
+        self,
+        select: StreamQuery | Sequence[str] | str,
+        start: dt.datetime,
+        end: dt.datetime,
+        interval: Any = "1h",
+        *,
+        stats: Sequence[str] = AGGREGATES,
+        per_datastream: bool = True,
+        offset: Any = None,
+    ) -> pd.DataFrame:
+        """See ``Store.aggregate``; rows come by bucket, then datastream. Many datastreams
+        over many buckets are aggregated a time slice at a time (``AGG_GROUPS`` groups per
+        slice): small hash tables are much faster than one of millions of groups, and each
+        slice reads only its own row groups."""
+        self._require_series()
+        stats = list(dict.fromkeys(stats))
+        unknown = [s for s in stats if s not in AGGREGATES]
+        if unknown or not stats:
+            raise InvalidInput(
+                f"unknown statistic(s) {', '.join(unknown) or '(none given)'}",
+                hint=f"use some of {', '.join(AGGREGATES)}",
+            )
+        if start is None or end is None:
+            raise InvalidInput("aggregates need a start and an end time")
+        iv = interval_us(interval)
+        off = 0 if offset is None else int(pd.Timedelta(offset) / pd.Timedelta(microseconds=1))
+        s_us, e_us = _us(start), _us(end)
+        origin = s_us - (s_us - off) % iv  # the first bucket's start, at or before start
+        q = StreamQuery.of(select)
+        where, params = self._stream_where(q)
+        everything = q == StreamQuery()
+        join = (
+            ""
+            if everything
+            else f" JOIN (SELECT d.key FROM datastreams d WHERE {where}) sel ON o.key = sel.key"
+        )
+        group = "o.key, " if per_datastream else ""
+        sql = (
+            f"SELECT {group}(epoch_us(o.phenomenon_time) - {origin}) // {iv} AS b,"
+            " min(o.result) AS min, max(o.result) AS max, sum(o.result) AS sum,"
+            f" count(*) AS count FROM observations o{join}"
+            " WHERE o.phenomenon_time >= ? AND o.phenomenon_time < ?"
+            f" GROUP BY ALL ORDER BY b{', o.key' if per_datastream else ''}"
+        )
+        with self._lock:
+            per_slice = 1 << 40
+            if per_datastream:
+                n = self.con.execute(
+                    f"SELECT count(*) FROM datastreams d WHERE {where}", params
+                ).fetchone()[0]
+                per_slice = max(1, AGG_GROUPS // max(n, 1))
+            parts = []
+            for b0 in range(0, max(-(-(e_us - origin) // iv), 0), per_slice):
+                lo = max(s_us, origin + b0 * iv)
+                hi = min(e_us, origin + (b0 + per_slice) * iv)
+                parts.append(
+                    self.con.execute(
+                        sql, ([] if everything else params) + [_ts(lo), _ts(hi)]
+                    ).to_arrow_table()
+                )
+            keys = [c for c in ("key",) if per_datastream]
+            schema = pa.schema(
+                [(k, pa.int32()) for k in keys]
+                + [("b", pa.int64()), ("min", pa.float64()), ("max", pa.float64())]
+                + [("sum", pa.float64()), ("count", pa.int64())]
+            )
+            table = pa.concat_tables([p.cast(schema) for p in parts] or [schema.empty_table()])
+            b = table.column("b").to_numpy().astype(np.int64)
+            out = pd.DataFrame({"bucket": pd.to_datetime(origin + b * iv, unit="us")})
+            total = table.column("sum").to_numpy()
+            count = table.column("count").to_numpy()
+            values = {"min": table.column("min").to_numpy(), "max": table.column("max").to_numpy()}
+            values |= {"sum": total, "count": count, "mean": total / np.maximum(count, 1)}
+            for s in stats:
+                out[s] = values[s]
+            if per_datastream:
+                key = table.column("key").to_numpy()
+                names = self._key_names(np.unique(key))
+                out.insert(
+                    0,
+                    "datastream_id",
+                    pd.Categorical.from_codes(
+                        np.searchsorted(names.index.to_numpy(), key), categories=names.to_numpy()
+                    ),
+                )
+        return out
+
+    def _key_names(self, keys: np.ndarray) -> pd.Series:
+        """Datastream ids by key (ascending)."""
+        table = self.con.execute(
+            "SELECT key, id FROM datastreams WHERE key IN (SELECT unnest(?::INTEGER[]))"
+            " ORDER BY key",
+            [keys.astype(int).tolist()],
+        ).to_arrow_table()
+        return pd.Series(
+            table.column("id").to_numpy(zero_copy_only=False),
+            index=table.column("key").to_numpy(),
+        )
+
+    def downsample(
+        self, datastream_id: str, start: dt.datetime, end: dt.datetime, buckets: int = 1000
+    ) -> pd.DataFrame:
+        self._require_series()
+        if not 1 <= int(buckets) <= MAX_BUCKETS:
+            raise InvalidInput(f"buckets must be between 1 and {MAX_BUCKETS}, got {buckets}")
+        s_us, e_us = _us(start), _us(end)
+        if e_us <= s_us:
+            raise InvalidInput(f"the end {end} is not after the start {start}")
+        with self._lock:
+            row = self.con.execute(
+                "SELECT key FROM datastreams WHERE id = ?", [str(datastream_id)]
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no datastream {datastream_id!r}")
+            sql = (
+                "WITH s AS (SELECT phenomenon_time AS t, result AS v,"
+                f" (epoch_us(phenomenon_time) - {s_us})::HUGEINT * {int(buckets)}"
+                f" // {e_us - s_us} AS b FROM observations WHERE key = ?"
+                " AND phenomenon_time >= ? AND phenomenon_time < ?),"
+                " g AS (SELECT [min(t), max(t), arg_min(t, v), arg_max(t, v)] AS ts,"
+                " [arg_min(v, t), arg_max(v, t), min(v), max(v)] AS vs FROM s GROUP BY b)"
+                " SELECT DISTINCT unnest(ts) AS phenomenon_time, unnest(vs) AS result FROM g"
+                " ORDER BY 1"
+            )
+            return (
+                self.con.execute(sql, [row[0], _naive(start), _naive(end)])
+                .to_arrow_table()
+                .to_pandas()
+            )
+
+    def append_rejected(self, records: pd.DataFrame | Sequence[dict[str, Any]]) -> int:
+        self._require_series()
+        df = records if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+        if len(df) == 0:
+            return 0
+        for col in ("payload", "reason", "source"):
+            if col not in df:
+                raise InvalidInput(
+                    f"dead letters need a {col!r} column",
+                    hint="payload, reason, source, and optionally datastream_id, received_at",
+                )
+        bad = ~df["source"].isin(REJECT_SOURCES)
+        if bad.any():
+            raise InvalidInput(
+                f"unknown dead-letter source {df['source'][bad].iloc[0]!r}",
+                hint=f"use one of {', '.join(REJECT_SOURCES)}",
+            )
+        if df["reason"].isna().any():
+            raise InvalidInput("every dead letter needs a reason")
+        now = pd.Timestamp(_now())
+        received = (
+            pd.to_datetime(df["received_at"], utc=True).dt.tz_localize(None).fillna(now)
+            if "received_at" in df
+            else pd.Series(now, index=df.index)
+        )
+        ids = df["datastream_id"] if "datastream_id" in df else pd.Series(None, index=df.index)
+        table = pa.table(
+            {
+                "received_at": pa.array(received.dt.as_unit("us"), pa.timestamp("us")),
+                "source": pa.array(df["source"].astype(str), pa.string()),
+                "reason": pa.array(df["reason"].astype(str), pa.string()),
+                "datastream_id": pa.array(
+                    [None if v is None or v != v else str(v) for v in ids], pa.string()
+                ),
+                "payload": pa.array([_payload(p) for p in df["payload"]], pa.string()),
+            }
+        )
+        with self.transaction():
+            self.con.register("_dead", table)
+            try:
+                self.con.execute("INSERT INTO rejected_observations SELECT * FROM _dead")
+            finally:
+                self.con.unregister("_dead")
+        return len(df)
+
+    def rejected(
+        self,
+        *,
+        source: str | None = None,
+        reason: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = 1000,
+    ) -> pd.DataFrame:
+        self._require_series()
+        conds, params = ["TRUE"], []
+        for col, value in (("source", source), ("reason", reason)):
+            if value is not None:
+                conds.append(f"{col} = ?")
+                params.append(value)
+        if since is not None:
+            conds.append("received_at >= ?")
+            params.append(_naive(since))
+        if until is not None:
+            conds.append("received_at < ?")
+            params.append(_naive(until))
+        sql = (
+            "SELECT received_at, source, reason, datastream_id, payload FROM rejected_observations"
+            f" WHERE {' AND '.join(conds)} ORDER BY received_at DESC"
+        )
+        if limit is not None:
+            sql += f" LIMIT {max(int(limit), 0)}"
+        with self._lock:
+            return self.con.execute(sql, params).to_arrow_table().to_pandas()
+
+
+def _ts(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=int(us))
+
+
+def _us(t: Any) -> int:
+    """A time as microseconds since the epoch (naive times are UTC)."""
+    if t is None:
+        raise InvalidInput("a time is needed here")
+    ts = pd.Timestamp(t)
+    ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+    return int(ts.value // 1000)
+
+
+def _time_range(start: Any, end: Any, alias: str = "o") -> tuple[str, list[Any]]:
+    """``[start, end)`` on the phenomenon time as SQL with constant bounds (zone maps prune)."""
+    conds, params = ["TRUE"], []
+    if start is not None:
+        conds.append(f"{alias}.phenomenon_time >= ?")
+        params.append(_ts(_us(start)))
+    if end is not None:
+        conds.append(f"{alias}.phenomenon_time < ?")
+        params.append(_ts(_us(end)))
+    return " AND ".join(conds), params
+
+
+def _windows(t: np.ndarray) -> list[tuple[int, int]]:
+    """The batch's times (µs) cut into at most ``DEDUPE_WINDOWS`` windows at the widest gaps
+    over ``DEDUPE_GAP``."""
+    u = np.unique(t)
+    gaps = np.diff(u)
+    cut = np.flatnonzero(gaps > DEDUPE_GAP // dt.timedelta(microseconds=1))
+    if len(cut) >= DEDUPE_WINDOWS:
+        cut = np.sort(cut[np.argsort(gaps[cut], kind="stable")[-(DEDUPE_WINDOWS - 1) :]])
+    starts = np.concatenate([[0], cut + 1])
+    ends = np.concatenate([cut, [len(u) - 1]])
+    return [(int(u[s]), int(u[e])) for s, e in zip(starts, ends, strict=True)]
+
+
+def _as_frame(batch: Any) -> pd.DataFrame:
+    if isinstance(batch, pa.Table):
+        return batch.to_pandas()
+    return pd.DataFrame(dict(batch))
+
+
+def _payload(p: Any) -> str | None:
+    if p is None or isinstance(p, str):
+        return p
+    if isinstance(p, bytes | bytearray | memoryview):
+        return bytes(p).decode("utf-8", errors="replace")
+    return json.dumps(p, default=str)
 
 
 def _strings(s: pd.Series) -> pa.Array:

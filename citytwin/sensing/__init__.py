@@ -1,0 +1,50 @@
+"""Live monitoring: the SensorThings device model (``model``) and how devices become
+datastreams (``devices``). Time series live in the store (``Store.provision``,
+``Store.append_observations``, ``Store.latest`` ...)."""
+
+from citytwin.sensing.devices import DEVICE_PROPERTIES, plan_datastreams
+from citytwin.sensing.model import (
+    DATASTREAM_COLUMNS,
+    NUMERIC_TYPES,
+    OBSERVATION_COLUMNS,
+    OBSERVATION_TYPES,
+    OBSERVED_PROPERTIES,
+    REJECT_REASONS,
+    UNITS,
+    Datastream,
+    FeatureOfInterest,
+    Location,
+    Observation,
+    ObservedProperty,
+    Sensor,
+    Thing,
+    UnitOfMeasurement,
+    datastreams_frame,
+    observations_frame,
+    prepare_observations,
+    validate_datastreams,
+)
+
+__all__ = [
+    "DATASTREAM_COLUMNS",
+    "DEVICE_PROPERTIES",
+    "NUMERIC_TYPES",
+    "OBSERVATION_COLUMNS",
+    "OBSERVATION_TYPES",
+    "OBSERVED_PROPERTIES",
+    "REJECT_REASONS",
+    "UNITS",
+    "Datastream",
+    "FeatureOfInterest",
+    "Location",
+    "Observation",
+    "ObservedProperty",
+    "Sensor",
+    "Thing",
+    "UnitOfMeasurement",
+    "datastreams_frame",
+    "observations_frame",
+    "plan_datastreams",
+    "prepare_observations",
+    "validate_datastreams",
+]
