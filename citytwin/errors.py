@@ -57,3 +57,14 @@ class InvalidInput(CityTwinError):
 
 class NotFound(CityTwinError):
     """A twin, layer or feature that does not exist."""
+
+
+def yaml_error(exc: Exception, source: str) -> InvalidInput:
+    """A YAML parser's error as ``InvalidInput`` naming the file and the line."""
+    mark = getattr(exc, "problem_mark", None)
+    return InvalidInput(
+        f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
+        source=source,
+        line=mark.line + 1 if mark is not None else None,
+        hint="check indentation and quoting",
+    )

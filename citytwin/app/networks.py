@@ -22,6 +22,7 @@ from citytwin.errors import InvalidInput, NotFound
 from citytwin.formats.base import ImportBundle
 from citytwin.model import GRAVITY_NETWORKS, NETWORK_TYPES
 from citytwin.networks.clearance import (
+    CLEARANCE_RULES_DOCUMENT,
     ClearanceRules,
     check_clearances,
     clearance_lines,
@@ -601,10 +602,6 @@ def segment_table(store: Store, network: str) -> tuple[NetworkData, IsolationMod
 
 
 # -- clearances -------------------------------------------------------------------------------
-
-CLEARANCE_RULES_DOCUMENT = "rules/clearance"
-"""The twin document holding the city's own clearance rules (an override file's content)."""
-
 
 def twin_clearance_rules(store: Store, path: str | Path | None = None) -> ClearanceRules:
     """The clearance rules for this twin: the default (GB 50289-2016), the city's own rules

@@ -25,7 +25,7 @@ import pyogrio
 import yaml
 from pyogrio.errors import DataLayerError, DataSourceError
 
-from citytwin.errors import InvalidInput
+from citytwin.errors import InvalidInput, yaml_error
 from citytwin.formats.base import ImportBundle, parse_crs, require_file, to_twin_crs
 from citytwin.model import BASE_COLUMNS, layer
 from citytwin.store import Query, Store
@@ -100,12 +100,7 @@ def load_mappings(path: str | Path) -> list[Mapping]:
     try:
         doc = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InvalidInput(
-            f"not valid YAML: {getattr(exc, 'problem', exc)}",
-            source=str(p),
-            line=mark.line + 1 if mark else None,
-        ) from None
+        raise yaml_error(exc, str(p)) from None
     items = doc if isinstance(doc, list) else [doc]
     try:
         return [Mapping.from_dict(item) for item in items]

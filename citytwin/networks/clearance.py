@@ -42,12 +42,14 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from citytwin.errors import InvalidInput, NotFound
+from citytwin.errors import InvalidInput, NotFound, yaml_error
 from citytwin.model import GRAVITY_NETWORKS, NETWORK_TYPES
 
 BUILDING = "building"
 KINDS = ("horizontal", "vertical")
 DEFAULT_RULES = "clearance_gb50289.yaml"
+CLEARANCE_RULES_DOCUMENT = "rules/clearance"
+"""Key of the twin document holding a city's own clearance rules (an override's content)."""
 MIN_RUN = 2.0  # m side by side before the horizontal rule applies to two lines
 MAX_ANGLE = 10.0  # degrees: lines closer to parallel than this run side by side
 _TOL = 1e-6
@@ -221,13 +223,7 @@ def _yaml(text: str, source: str) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InvalidInput(
-            f"not valid YAML: {getattr(exc, 'problem', exc)}",
-            source=source,
-            line=mark.line + 1 if mark is not None else None,
-            hint="check indentation and quoting",
-        ) from None
+        raise yaml_error(exc, source) from None
     if not isinstance(data, dict):
         raise InvalidInput("a clearance rule file must be a mapping", source=source)
     return data

@@ -11,11 +11,10 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from citytwin.app.networks import CLEARANCE_RULES_DOCUMENT
 from citytwin.formats.base import ImportBundle, Raster, load_bundle
 from citytwin.formats.raster import grid_geotiff
 from citytwin.model import TwinMeta
-from citytwin.networks.clearance import read_rule_file
+from citytwin.networks.clearance import CLEARANCE_RULES_DOCUMENT, read_rule_file
 from citytwin.store import Store, create_store
 from citytwin.synth.corridors import VIRTUAL_CITY_RULES
 from citytwin.synth.drainage import DrainagePlan, drainage_bundle, plan_drainage

@@ -64,7 +64,7 @@ from typing import Any
 
 import pandas as pd
 
-from citytwin.errors import InvalidInput, NotFound
+from citytwin.errors import InvalidInput, NotFound, yaml_error
 
 LEVELS = ("blue", "yellow", "orange", "red")
 LEVEL_ZH = {"blue": "蓝色预警", "yellow": "黄色预警", "orange": "橙色预警", "red": "红色预警"}
@@ -337,13 +337,7 @@ def _yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InvalidInput(
-            f"not valid YAML: {getattr(exc, 'problem', exc)}",
-            source=source,
-            line=mark.line + 1 if mark is not None else None,
-            hint="check indentation and quoting",
-        ) from None
+        raise yaml_error(exc, source) from None
 
 
 def _line(m: Mapping, key: str | None = None) -> int | None:
