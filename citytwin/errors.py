@@ -56,7 +56,12 @@ class InvalidInput(CityTwinError):
 
 
 class NotFound(CityTwinError):
-    """A twin, layer or feature that does not exist."""
+    """A twin, layer or feature that does not exist (with a hint where to look)."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message + (f" — {hint}" if hint else ""))
 
 
 def yaml_error(exc: Exception, source: str) -> InvalidInput:

@@ -25,6 +25,7 @@ from citytwin.cli.common import (
     run,
 )
 from citytwin.cli.network import network_app
+from citytwin.cli.sense import alarms_app, sense_app
 from citytwin.errors import CityTwinError
 from citytwin.model import LAYERS, TwinMeta
 
@@ -427,6 +428,8 @@ def synth(
 
 
 app.add_typer(network_app, name="network")
+app.add_typer(sense_app, name="sense")
+app.add_typer(alarms_app, name="alarms")
 
 if __name__ == "__main__":
     app()

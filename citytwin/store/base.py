@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import shapely
@@ -179,12 +180,16 @@ class ProvisionResult:
 @dataclass
 class AppendResult:
     """What ``Store.append_observations`` did with a batch: rows stored, rows already stored
-    (or repeated in the batch), and the rejected rows (``row``: position in the batch,
-    ``datastream_id``, ``phenomenon_time``, ``result``, ``reason``)."""
+    (or repeated in the batch), the rejected rows (``row``: position in the batch,
+    ``datastream_id``, ``phenomenon_time``, ``result``, ``reason``), and the rows stored by
+    this call (``new``: ``OBSERVATION_COLUMNS`` as Arrow, what the rule engine should see
+    once; ``new_rows``: their positions in the batch)."""
 
     inserted: int
     duplicates: int
     rejected: pd.DataFrame
+    new: pa.Table | None = None
+    new_rows: np.ndarray | None = None
 
     @property
     def accepted(self) -> int:
@@ -385,6 +390,102 @@ class Store(ABC):
     ) -> pd.DataFrame:
         """Dead letters, newest first: ``received_at``, ``source``, ``reason``,
         ``datastream_id``, ``payload``."""
+
+    # -- alarms, incidents, notifications (``citytwin.warning.alarms`` records) ------------
+    @abstractmethod
+    def alarms_for(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Per (``rule_id``, ``source``) of ``pairs`` the latest alarm (active or cleared, by
+        ``raised_at``), as ``ALARM_COLUMNS``; pairs without alarms give no row."""
+
+    @abstractmethod
+    def save_alarms(self, alarms: pd.DataFrame, log: pd.DataFrame | None = None) -> None:
+        """Upsert alarm rows (``ALARM_COLUMNS``) by ``alarm_id`` and append log rows
+        (``ALARM_LOG_COLUMNS``), together. The database keeps at most one active alarm per
+        (rule_id, source): a write that would make a second one raises ``InvalidInput``."""
+
+    @abstractmethod
+    def alarms(
+        self,
+        status: str | None = None,
+        acknowledged: bool | None = None,
+        rule_id: str | Sequence[str] | None = None,
+        source: str | Sequence[str] | None = None,
+        severity_at_least: str | None = None,
+        incident_id: str | None = None,
+        since: Any = None,
+        limit: int | None = 1000,
+    ) -> pd.DataFrame:
+        """Alarms matching every condition given (``since``: raised at or after), newest
+        first (``ALARM_COLUMNS``)."""
+
+    @abstractmethod
+    def alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        """One alarm's row as a dict, or None."""
+
+    @abstractmethod
+    def alarm_log(self, alarm_id: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
+        """An alarm's log (``ALARM_LOG_COLUMNS``; None: every alarm's), in the order written."""
+
+    @abstractmethod
+    def save_incidents(self, incidents: pd.DataFrame) -> None:
+        """Upsert incident rows (``INCIDENT_COLUMNS``) by ``incident_id``."""
+
+    @abstractmethod
+    def incidents(
+        self, status: str | None = None, since: Any = None, limit: int | None = 1000
+    ) -> pd.DataFrame:
+        """Incidents (``since``: opened at or after), newest first (``INCIDENT_COLUMNS``;
+        ``alarm_ids`` and ``candidates`` as lists)."""
+
+    @abstractmethod
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        """One incident's row as a dict, or None."""
+
+    @abstractmethod
+    def enqueue(self, outbox_rows: pd.DataFrame) -> int:
+        """Add notifications to the outbox (``OUTBOX_COLUMNS`` but ``id``, which comes from a
+        sequence in row order; ``status`` pending, ``attempts`` 0 and ``next_attempt_at`` =
+        ``created_at`` where left out); returns how many."""
+
+    @abstractmethod
+    def due_notifications(self, now: Any, limit: int | None = 100) -> pd.DataFrame:
+        """Pending notifications whose ``next_attempt_at`` is not after ``now``, oldest
+        first."""
+
+    @abstractmethod
+    def record_delivery(
+        self,
+        outbox_id: int,
+        *,
+        at: Any,
+        ok: bool,
+        status_code: int | None = None,
+        error: str | None = None,
+        next_attempt_at: Any = None,
+        dead: bool = False,
+        ms: float | None = None,
+    ) -> None:
+        """Log a delivery attempt of a pending notification and count it: ``ok`` marks it
+        delivered, ``dead`` gives up, otherwise it is tried again at ``next_attempt_at``."""
+
+    @abstractmethod
+    def notifications(self, status: str | None = None, limit: int | None = 1000) -> pd.DataFrame:
+        """Outbox rows (of one status), newest first."""
+
+    @abstractmethod
+    def deliveries(self, outbox_id: int | None = None) -> pd.DataFrame:
+        """Delivery attempts (``outbox_id``, ``at``, ``status_code``, ``error``, ``ms``), in
+        time order."""
+
+    @abstractmethod
+    def log_ingest(self, seq: int, committed_at: Any, n: int, t_min: Any, t_max: Any) -> None:
+        """Record an ingest commit: its sequence number (unique), time, rows stored and the
+        span of their phenomenon times."""
+
+    @abstractmethod
+    def ingest_log(self, after_seq: int | None = None, limit: int | None = None) -> pd.DataFrame:
+        """Ingest commits after ``after_seq`` (``seq``, ``committed_at``, ``n``, ``t_min``,
+        ``t_max``), in order."""
 
     # -- conveniences built on the above ------------------------------------------------
     def get(self, layer_name: str, fid: str, as_of: dt.datetime | None = None) -> Feature | None:

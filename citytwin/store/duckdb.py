@@ -77,6 +77,7 @@ from citytwin.store.base import (
     StreamQuery,
     interval_us,
 )
+from citytwin.store.duckdb_events import EVENT_TABLES, EventStoreMixin
 
 BULK_MEMORY = "512MB"
 """DuckDB's memory cap while a bulk insert stages and sorts (it spills to disk beyond)."""
@@ -159,7 +160,7 @@ def _naive(t: dt.datetime | None) -> dt.datetime | None:
     return t
 
 
-class DuckDBStore(Store):
+class DuckDBStore(EventStoreMixin, Store):
     """A twin in one DuckDB file (or in memory with ``path=":memory:"``)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str) -> None:
@@ -209,7 +210,7 @@ class DuckDBStore(Store):
         )
         for name in LAYERS:
             con.execute(cls._create_table_sql(name))
-        for sql in _SERIES_TABLES:
+        for sql in (*_SERIES_TABLES, *EVENT_TABLES):
             con.execute(sql)
         return cls(con, path)
 
@@ -229,7 +230,8 @@ class DuckDBStore(Store):
                 "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'documents'"
             ).fetchone()[0]
         ):
-            for sql in _SERIES_TABLES:  # twins made before time series existed get them
+            # twins made before time series (or alarms) existed get them
+            for sql in (*_SERIES_TABLES, *EVENT_TABLES):
                 con.execute(sql)
         return cls(con, path)
 
@@ -881,7 +883,9 @@ class DuckDBStore(Store):
                 "reason": np.array(REJECT_REASONS, dtype=object)[reason[bad]],
             }
         )
-        return AppendResult(len(new), len(ok) - len(new), rejected)
+        return AppendResult(
+            len(new), len(ok) - len(new), rejected, table.take(pa.array(new)), np.sort(new)
+        )
 
     def _keys(self, ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         """Surrogate keys (-1: unknown) and observation types of datastream ids."""

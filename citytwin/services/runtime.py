@@ -1,0 +1,241 @@
+"""The running monitoring service of one twin: the ingest pipeline, the notification dispatcher,
+the event hub, the clock (silent devices, escalation), rule-file reloading, and optionally
+MQTT workers and the HTTP app — wired once here, for ``citytwin sense serve | mqtt | replay``
+and the tests and benchmarks.
+
+Embedded default: one process holds the twin (DuckDB allows one writer); HTTP ingestion, the
+dispatcher and the clock run in it. ``add_mqtt`` adds MQTT ingest workers to the same process
+(shared subscription, so more processes could share the load against a server store).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from citytwin.app.monitoring import (
+    AlarmDesk,
+    IncidentCorrelator,
+    anomaly_baseline,
+    escalation_policy,
+    keep_webhooks,
+    twin_rules,
+)
+from citytwin.errors import CityTwinError, InvalidInput, NotFound
+from citytwin.sensing.ingest import Ingestor
+from citytwin.services.notify import Dispatcher, EventHub
+from citytwin.store import open_store
+from citytwin.store.base import Store
+from citytwin.warning.alarms import parse_webhooks
+from citytwin.warning.rules import load_rules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MonitoringService:
+    """Everything a twin's live monitoring runs on (see the module's docstring)."""
+
+    store: Store
+    ingestor: Ingestor
+    hub: EventHub
+    dispatcher: Dispatcher
+    desk: AlarmDesk
+    rules_path: Path | None = None
+    clock: str = "wall"
+    tick_s: float = 10.0
+    mqtt: Any = None
+
+    @classmethod
+    def open(
+        cls,
+        twin: str | Path | Store,
+        *,
+        rules: str | Path | None = None,
+        clock: str = "wall",
+        webhooks: list[dict[str, Any]] | None = None,
+        tick_s: float = 10.0,
+        checkpoint_s: float = 5.0,
+    ) -> MonitoringService:
+        """Open a twin for monitoring. ``rules``: a rule file (watched for changes), else the
+        twin's own rules; ``webhooks``: added to (or replacing by name) the twin's list."""
+        store = open_store(twin) if isinstance(twin, str | Path) else twin
+        if webhooks:
+            keep_webhooks(store, webhooks)
+        ruleset = load_rules(rules) if rules is not None else twin_rules(store)
+        hooks = parse_webhooks(store.get_document("notify/webhooks") or {"webhooks": []})
+        hub = EventHub()
+        dispatcher = Dispatcher(store, hooks)
+        ingestor = Ingestor(
+            store,
+            ruleset,
+            baseline=anomaly_baseline(store, ruleset) if ruleset is not None else None,
+            webhooks=hooks,
+            escalation=escalation_policy(store),
+            correlator=IncidentCorrelator(store, ruleset),
+            hub=hub,
+            dispatcher=dispatcher,
+            checkpoint_s=checkpoint_s,
+        )
+        desk = AlarmDesk(store, webhooks=hooks, hub=hub, dispatcher=dispatcher)
+        return cls(
+            store,
+            ingestor,
+            hub,
+            dispatcher,
+            desk,
+            Path(rules) if rules is not None else None,
+            clock,
+            tick_s,
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> MonitoringService:
+        """Start ingesting, delivering, ticking (and consuming MQTT when added)."""
+        self.ingestor.start()
+        self.dispatcher.start()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="citytwin-clock", daemon=True)
+        self._ticker.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop taking readings, commit what is queued, stop delivering, close the twin."""
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+            self._ticker.join(5)
+        self.ingestor.stop()
+        self.dispatcher.stop()
+        self.store.close()
+
+    def __enter__(self) -> MonitoringService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_mqtt(self, host: str, port: int, *, workers: int = 2, **options: Any) -> None:
+        """Consume the SensorThings MQTT topics of a broker with ``workers`` clients."""
+        from citytwin.sensing.mqtt import MqttIngest
+
+        self.mqtt = MqttIngest(self.ingestor, host, port, workers=workers, **options)
+
+    def http_app(self) -> Any:
+        """The FastAPI app (starting and stopping this service with it)."""
+        from citytwin.services.api import create_app
+
+        return create_app(
+            self.ingestor,
+            hub=self.hub,
+            monitoring=self.desk,
+            on_start=self.start,
+            on_stop=self.stop,
+        )
+
+    def describe(self) -> str:
+        rules = self.ingestor.rules
+        n = 0 if rules is None else len(rules.enabled)
+        return f"{n} rules, clock {self.clock}, {len(self.ingestor.webhooks)} webhooks"
+
+    # -- the clock ------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        mtime = self._rules_mtime()
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.tick()
+                now = self._rules_mtime()
+                if now != mtime:
+                    mtime = now
+                    self.reload_rules()
+            except CityTwinError as exc:  # a broken rule file keeps the rules in force
+                log.error("%s", exc)
+            except Exception:
+                log.exception("clock tick failed")
+
+    def tick(self) -> None:
+        """Advance time: the wall clock, or with the 'data' clock the latest reading's time."""
+        if self.clock == "wall":
+            self.ingestor.tick().result()
+        else:
+            when = self.ingestor.state.watermark_time
+            if when is not None:
+                self.ingestor.tick(when).result()
+
+    def reload_rules(self) -> None:
+        """Load the rule file again and swap it in (a broken file raises and changes nothing)."""
+        if self.rules_path is None:
+            return
+        rules = load_rules(self.rules_path)
+        self.ingestor.reload(rules).result()
+        log.info("reloaded %d rules from %s", len(rules), self.rules_path)
+
+    def _rules_mtime(self) -> float | None:
+        try:
+            return None if self.rules_path is None else self.rules_path.stat().st_mtime
+        except OSError:
+            return None
+
+
+class RemoteDesk:
+    """The alarm operations of a running service, over its HTTP API (for the CLI while the
+    service holds the twin)."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def __enter__(self) -> RemoteDesk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def _get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return _answer(self.client.get(path, params=clean))
+
+    def alarms(self, **filters: Any) -> pd.DataFrame:
+        if "severity_at_least" in filters:
+            filters["severity"] = filters.pop("severity_at_least")
+        return pd.DataFrame(self._get("/alarms", **filters)["value"])
+
+    def alarm(self, alarm_id: str) -> dict[str, Any]:
+        return self._get(f"/alarms/{alarm_id}")
+
+    def incidents(self, **filters: Any) -> pd.DataFrame:
+        return pd.DataFrame(self._get("/incidents", **filters)["value"])
+
+    def incident(self, incident_id: str) -> dict[str, Any]:
+        return self._get(f"/incidents/{incident_id}")
+
+    def act(self, alarm_id: str, action: str, *, by: str, to=None, text=None) -> dict[str, Any]:
+        body = {k: v for k, v in {"by": by, "to": to, "text": text}.items() if v is not None}
+        return _answer(self.client.post(f"/alarms/{alarm_id}/{action}", json=body))
+
+
+def _answer(response: httpx.Response) -> Any:
+    if response.status_code == 404:
+        raise NotFound(response.json().get("error", response.text))
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise InvalidInput(f"the service answered {response.status_code}: {message}")
+    return response.json()
+
+
+def utc(t: Any) -> dt.datetime:
+    """An aware UTC datetime of anything pandas reads as a time."""
+    ts = pd.Timestamp(t)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
