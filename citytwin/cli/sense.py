@@ -61,7 +61,8 @@ ServerOption = Annotated[
 
 
 def _service(twin: Path, rules: Path | None, clock: str, webhooks: list[str] | None):
-    from citytwin.app.monitoring import MonitoringService, parse_webhook_options
+    from citytwin.app.monitoring import parse_webhook_options
+    from citytwin.services.runtime import MonitoringService
 
     if clock not in ("wall", "data"):
         raise CityTwinError(f"--clock {clock!r}: use 'wall' or 'data'")
@@ -136,18 +137,42 @@ def mqtt_(
     rules: RulesOption = None,
     clock: ClockOption = "wall",
     webhook: WebhookOption = None,
+    group: Annotated[
+        str, typer.Option(help="Shared-subscription group (processes in one group share).")
+    ] = "citytwin",
+    client_prefix: Annotated[
+        str,
+        typer.Option(
+            help="Worker client ids are PREFIX-0, PREFIX-1, ...; keep them across restarts "
+            "(the broker keeps their sessions)."
+        ),
+    ] = "citytwin-ingest",
+    topic_prefix: Annotated[
+        str, typer.Option(help="Topic root of the SensorThings topics.")
+    ] = "v1.1",
+    status_every: Annotated[
+        float, typer.Option(help="Seconds between status lines on stderr.")
+    ] = 5.0,
 ) -> None:
     """Consume SensorThings observations from an MQTT broker (QoS 1, persistent sessions)."""
 
     def body() -> None:
+        if not status_every > 0:
+            raise InvalidInput(f"--status-every {status_every}: give a positive number")
         service = _service(twin, rules, clock, webhook)
-        service.add_mqtt(*_host_port(broker), workers=workers)
+        service.add_mqtt(
+            *_host_port(broker),
+            workers=workers,
+            group=group,
+            client_prefix=client_prefix,
+            prefix=topic_prefix,
+        )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with service:
             console.print(f"consuming MQTT from {broker} into {twin} ({service.describe()})")
             try:
-                while not stop.wait(5.0):
+                while not stop.wait(status_every):
                     s = service.ingestor.stats
                     err_console.print(
                         f"{s.observations:,} observations, {s.alarm_changes:,} alarm changes",
@@ -188,10 +213,18 @@ def replay(
     gas_at: Annotated[float, typer.Option(help="Gas leak time, hours after the start.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 1,
     rules: RulesOption = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Build the scenario from this twin file (a copy of the served twin: a "
+            "running service holds its own).",
+        ),
+    ] = None,
 ) -> None:
     """Replay realistic readings of the virtual city (diurnal water use, a rainstorm, a main
     burst, a gas leak) through a real ingestion path."""
-    from citytwin.app.monitoring import run_replay
+    from citytwin.services.runtime import run_replay
 
     def body() -> None:
         when = _start(start, hours)
@@ -209,6 +242,7 @@ def replay(
                 gas_at=gas_at,
                 seed=seed,
                 rules=rules,
+                source_twin=source,
                 progress=report,
             )
         for line in summary:
@@ -234,7 +268,8 @@ def _host_port(text: str) -> tuple[str, int]:
 
 # -- alarms ----------------------------------------------------------------------------------
 def _desk(twin: Path | None, server: str | None, *, write: bool):
-    from citytwin.app.monitoring import AlarmDesk, RemoteDesk
+    from citytwin.app.monitoring import AlarmDesk
+    from citytwin.services.runtime import RemoteDesk
 
     if server:
         return RemoteDesk(server)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,8 @@ class MonitoringService:
     clock: str = "wall"
     tick_s: float = 10.0
     mqtt: Any = None
+    baseline_s: float = 3600.0
+    _baseline_at: float = 0.0
 
     @classmethod
     def open(
@@ -151,9 +156,11 @@ class MonitoringService:
     # -- the clock ------------------------------------------------------------------------
     def _tick_loop(self) -> None:
         mtime = self._rules_mtime()
+        self._baseline_at = time.monotonic()
         while not self._stop.wait(self.tick_s):
             try:
                 self.tick()
+                self._refresh_baseline()
                 now = self._rules_mtime()
                 if now != mtime:
                     mtime = now
@@ -172,12 +179,24 @@ class MonitoringService:
             if when is not None:
                 self.ingestor.tick(when).result()
 
+    def _refresh_baseline(self) -> None:
+        """Rebuild the anomaly baseline hourly, and at every tick while it is empty (history
+        may arrive after the start, e.g. from a replay)."""
+        rules, current = self.ingestor.rules, self.ingestor.baseline
+        if rules is None or current is None:
+            return
+        due = time.monotonic() - self._baseline_at >= self.baseline_s
+        if due or not len(current):
+            self.ingestor.baseline = anomaly_baseline(self.store, rules)
+            self._baseline_at = time.monotonic()
+
     def reload_rules(self) -> None:
         """Load the rule file again and swap it in (a broken file raises and changes nothing)."""
         if self.rules_path is None:
             return
         rules = load_rules(self.rules_path)
         self.ingestor.reload(rules).result()
+        self.ingestor.baseline = anomaly_baseline(self.store, rules)
         log.info("reloaded %d rules from %s", len(rules), self.rules_path)
 
     def _rules_mtime(self) -> float | None:
@@ -239,3 +258,132 @@ def utc(t: Any) -> dt.datetime:
     """An aware UTC datetime of anything pandas reads as a time."""
     ts = pd.Timestamp(t)
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+# -- replay ------------------------------------------------------------------------------------
+def run_replay(
+    twin: str | Path,
+    *,
+    to: str = "direct",
+    start: dt.datetime,
+    hours: float = 6.0,
+    speedup: float = 0.0,
+    burst: str | None = None,
+    burst_at: float | None = 3.0,
+    storm: float | None = 20.0,
+    storm_at: float = 1.0,
+    gas_at: float | None = 2.0,
+    seed: int = 1,
+    rules: str | Path | None = None,
+    source_twin: str | Path | None = None,
+    progress: Callable[[str | None, int, int | None], None] | None = None,
+) -> list[str]:
+    """Replay the virtual city's scenario (``citytwin.sensing.replay``) through a real path:
+    ``direct`` (a monitoring service on ``twin`` in this process), ``http://HOST:PORT`` (a
+    running ``citytwin sense serve``) or ``mqtt://HOST:PORT`` (a broker a ``citytwin sense
+    mqtt`` consumes from). The scenario is built from ``source_twin`` (default ``twin``; a
+    running service holds its twin, so give a copy then). The weeks of history the anomaly
+    rules need go first. Returns lines to print."""
+    from citytwin.app.monitoring import provision_datastreams
+    from citytwin.sensing.replay import (
+        Burst,
+        GasLeak,
+        HttpSink,
+        IngestorSink,
+        MqttSink,
+        ScenarioSpec,
+        Storm,
+        build_scenario,
+        replay,
+    )
+
+    at = pd.Timestamp(start)
+
+    def hours_in(h: float) -> dt.datetime:
+        return (at + pd.Timedelta(hours=h)).to_pydatetime()
+
+    spec = ScenarioSpec(
+        start=at.to_pydatetime(),
+        hours=hours,
+        storm=Storm(return_period=storm, at=hours_in(storm_at)) if storm else None,
+        burst=Burst(link=burst, at=hours_in(burst_at)) if burst_at is not None else None,
+        gas=GasLeak(at=hours_in(gas_at)) if gas_at is not None else None,
+        seed=seed,
+    )
+    remote = to != "direct"
+    if remote and source_twin is None:
+        source_twin = twin
+    with open_store(source_twin or twin, read_only=remote) as store:
+        if not len(store.datastreams()):
+            if remote:
+                raise NotFound(
+                    "the twin has no datastreams", hint="run `citytwin sense provision` first"
+                )
+            provision_datastreams(store)
+        if progress:
+            progress("building the scenario (EPANET, SWMM)", 0, None)
+        scenario = build_scenario(store, spec)
+    pace = speedup if speedup else math.inf
+
+    def report(sent: int, total: int, when: pd.Timestamp) -> None:
+        if progress:
+            progress(f"replaying {when:%Y-%m-%d %H:%M}Z", sent, total)
+
+    lines = [
+        f"scenario {scenario.start:%Y-%m-%d %H:%M}Z + {hours:g} h: "
+        f"{len(scenario.observations):,} readings, {len(scenario.history):,} of history"
+    ]
+    if remote:
+        sink = _remote_sink(to, HttpSink, MqttSink)
+        replay(_history_only(scenario), sink, speedup=math.inf)
+        sink = _remote_sink(to, HttpSink, MqttSink)
+        done = replay(scenario, sink, speedup=pace, progress=report)
+        lines.append(
+            f"sent {done.readings:,} readings to {to} in {done.seconds:.1f} s: "
+            f"{done.accepted:,} acknowledged, {done.rejected:,} refused"
+        )
+        return lines
+    with open_store(twin) as store:
+        store.append_observations(scenario.history, dead_letter="replay")
+        service = MonitoringService.open(store, rules=rules, clock="data")
+        with service:
+            done = replay(scenario, IngestorSink(service.ingestor), speedup=pace, progress=report)
+            service.tick()
+            alarms = service.store.alarms(limit=None)
+            incidents = service.store.incidents(limit=None)
+    lines.append(
+        f"ingested {done.readings:,} readings in {done.seconds:.1f} s "
+        f"({done.inserted or 0:,} new, {done.rejected:,} refused)"
+    )
+    if len(alarms):
+        counts = alarms.groupby("rule_id").size().sort_values(ascending=False)
+        lines.append(
+            f"{len(alarms):,} alarms: " + ", ".join(f"{r} {n}" for r, n in counts.items())
+        )
+    for row in incidents.itertuples(index=False):
+        lines.append(f"incident {row.incident_id} ({row.kind}, {row.severity}): {row.title}")
+    return lines
+
+
+def _remote_sink(to: str, http: Any, mqtt_sink: Any) -> Any:
+    if to.startswith(("http://", "https://")):
+        return http(to)
+    if to.startswith("mqtt://"):
+        host, _, port = to.removeprefix("mqtt://").rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidInput(f"{to!r} is not mqtt://HOST:PORT")
+        return mqtt_sink(host, int(port))
+    raise InvalidInput(
+        f"replay to {to!r}?", hint="use direct, http://HOST:PORT or mqtt://HOST:PORT"
+    )
+
+
+def _history_only(scenario: Any) -> Any:
+    """The scenario's history as a scenario of its own (sent first, as fast as it goes)."""
+    import dataclasses
+
+    history = scenario.history.sort_values("phenomenon_time", kind="stable")
+    first = pd.Timestamp(history["phenomenon_time"].min()) if len(history) else scenario.start
+    return dataclasses.replace(
+        scenario, observations=history.reset_index(drop=True), start=first.floor("D")
+    )
