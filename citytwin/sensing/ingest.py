@@ -277,11 +277,14 @@ class Ingestor:
         try:
             report, results = self._commit(items)
         except Exception as exc:  # the store failed: nothing is acknowledged, nothing advanced
-            log.exception("ingest commit failed")
             self.state, self.rules, self.seq = state, rules, seq
-            for it in items:
-                if not it.future.done():
-                    it.future.set_exception(exc)
+            if len(items) > 1:  # one submitter's bad batch must not fail the others': alone
+                log.warning("group commit of %d batches failed (%s); one by one", len(items), exc)
+                for it in items:
+                    self._commit_items([it])
+                return
+            log.exception("ingest commit failed")
+            items[0].future.set_exception(exc)
             return
         report.seconds = time.perf_counter() - t0
         self._account(report)

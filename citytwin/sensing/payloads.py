@@ -34,6 +34,7 @@ OBSERVATION_TOPICS = f"{TOPIC_PREFIX}/+/Observations"
 """The topic filter of the SensorThings MQTT create topics (``+`` is the ``Datastreams(<id>)``
 level; wildcards take whole levels)."""
 COMPONENTS = ("phenomenonTime", "result", "resultTime", "resultQuality")
+_ROW = ("datastream_id", "phenomenon_time", "result", "result_time", "result_quality")
 _FRAME_COLUMNS = {
     "phenomenonTime": "phenomenon_time",
     "result": "result",
@@ -77,6 +78,16 @@ def decode_observation(
 ) -> pd.DataFrame:
     """One SensorThings Observation as a one-row observations frame (the datastream from the
     path, else from the body's ``Datastream``)."""
+    row = observation_row(doc, datastream_id, source=source)
+    return pd.DataFrame({name: [value] for name, value in zip(_ROW, row, strict=True)})
+
+
+def observation_row(
+    doc: Any, datastream_id: str | None = None, *, source: str = "observation"
+) -> tuple[Any, ...]:
+    """One SensorThings Observation, checked as ``decode_observation`` does, as a tuple
+    (datastream_id, phenomenon_time, result, result_time, result_quality); ``rows_frame`` makes
+    one frame of many (many MQTT messages, one frame)."""
     if not isinstance(doc, Mapping):
         raise InvalidInput(
             "an Observation must be a JSON object",
@@ -101,14 +112,20 @@ def decode_observation(
     for key in ("phenomenonTime", "result"):
         if key not in doc:
             raise InvalidInput(f"the Observation has no {key!r}", source=source)
-    return pd.DataFrame(
-        {
-            "datastream_id": [datastream_id],
-            "phenomenon_time": [_time_text(doc["phenomenonTime"])],
-            "result": [_result(doc["result"])],
-            "result_time": [_time_text(doc.get("resultTime"))],
-            "result_quality": [_quality(doc.get("resultQuality"))],
-        }
+    return (
+        datastream_id,
+        _time_text(doc["phenomenonTime"]),
+        _result(doc["result"]),
+        _time_text(doc.get("resultTime")),
+        _quality(doc.get("resultQuality")),
+    )
+
+
+def rows_frame(rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+    """The observations frame of ``observation_row`` tuples."""
+    cols = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in _ROW]
+    return _observations(
+        np.array(cols[0], dtype=object), dict(zip(_ROW[1:], cols[1:], strict=True))
     )
 
 
@@ -159,6 +176,12 @@ def decode_data_array(doc: Any, *, source: str = "CreateObservations") -> pd.Dat
         run_rows.extend(rows)
     if run is not None:
         _take_rows(run, run_rows, sizes, run_first, cols, source)
+    return _observations(np.repeat(np.array(ids, dtype=object), sizes), cols)
+
+
+def _observations(ids: np.ndarray, cols: dict[str, list[Any]]) -> pd.DataFrame:
+    """The frame of decoded columns: numbers as float64 when they all are plain JSON numbers,
+    text columns as they came when they hold only strings and nulls (else value by value)."""
     results = cols["result"]
     if set(map(type, results)) <= {float, int}:
         result: Any = np.array(results, dtype=float)
@@ -166,7 +189,7 @@ def decode_data_array(doc: Any, *, source: str = "CreateObservations") -> pd.Dat
         result = pd.Series([_result(v) for v in results], dtype=object)
     return pd.DataFrame(
         {
-            "datastream_id": np.repeat(np.array(ids, dtype=object), sizes),
+            "datastream_id": ids,
             "phenomenon_time": _text_column(cols["phenomenon_time"], _time_text),
             "result": result,
             "result_time": _text_column(cols["result_time"], _time_text),
