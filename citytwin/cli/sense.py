@@ -349,7 +349,12 @@ def show(
         for key, value in alarm.items():
             console.print(f"[bold]{key}[/]: {cell(value)}")
         if len(history):
-            _print(history, list(history.columns), "history")
+            console.print("[bold]history[/]:")
+        for e in history.itertuples(index=False):
+            what = " ".join(
+                cell(v) for v in (e.severity, e.value, f"— {e.text}" if e.text else None)
+            )
+            console.print(f"  {e.at}  {e.action:<11} {e.actor:<14} {what}", highlight=False)
 
     run(body)
 

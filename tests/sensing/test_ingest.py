@@ -195,3 +195,28 @@ def test_a_store_failure_acknowledges_nothing(twin_path, monkeypatch):
         monkeypatch.undo()
         assert ing.ingest(_obs(["GD-0:gas"], [0], [60.0])).inserted == 1
         assert len(ing.store.alarms()) == 1
+
+
+def test_unacknowledged_alarms_escalate_on_ticks_and_notify(twin_path):
+    from citytwin.warning.alarms import EscalationPolicy, parse_webhooks
+
+    hooks = parse_webhooks(
+        {"webhooks": [{"name": "ops", "url": "http://127.0.0.1:9/hook", "secret": "s"}]}
+    )
+    policy = EscalationPolicy(red=5, repeat=30)
+    with _ingestor(twin_path, escalation=policy, webhooks=list(hooks)) as ing:
+        ing.ingest(_obs(["GD-0:gas", "GD-1:gas"], [0, 0], [60.0, 60.0]))
+        aid = ing.store.alarms(source="GD-1:gas").iloc[0]["alarm_id"]
+        from citytwin.app.monitoring import AlarmDesk
+
+        AlarmDesk(ing.store, webhooks=hooks).act(aid, "acknowledge", by="duty")
+        ing.tick((T0 + pd.Timedelta(minutes=3)).to_pydatetime()).result()
+        assert ing.store.alarms(rule_id="gas")["escalations"].sum() == 0
+        ing.tick((T0 + pd.Timedelta(minutes=6)).to_pydatetime()).result()
+        alarms = ing.store.alarms(rule_id="gas").set_index("source")
+        assert alarms.loc["GD-0:gas", "escalations"] == 1
+        assert alarms.loc["GD-1:gas", "escalations"] == 0  # acknowledged: no escalation
+        events = ing.store.notifications()["event"].tolist()
+        assert events.count("alarm.raised") == 2
+        assert events.count("alarm.acknowledged") == 1
+        assert events.count("alarm.escalation") == 1
