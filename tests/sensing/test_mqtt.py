@@ -489,3 +489,46 @@ def test_kill_9_in_the_middle_of_a_load_loses_no_acknowledged_reading(
     finally:
         store.close()
     assert same_readings(got, pd.concat(acked))
+
+
+def test_parallel_publishers_make_one_alarm_per_rule_and_source(twin_path, make_mqtt):
+    """Four publishers send the same low-pressure episode of every sensor at once (each in time
+    order, as devices do, but the sensors of a minute shuffled; single and bulk topics) through
+    three workers: each sensor gets exactly one alarm, raised once and cleared once."""
+    from citytwin.warning.rules import parse_rules_text
+
+    rules = parse_rules_text(
+        "version: 1\nrules:\n  - id: low\n    kind: threshold\n"
+        "    applies_to: {observed_property: pressure}\n    direction: below\n"
+        "    levels: {yellow: 0.2, red: 0.1}\n    hysteresis: 0.01\n"
+    )
+    ing = Ingestor(open_store(twin_path), rules).start()
+    try:
+        m = make_mqtt(ing, workers=3)
+        episode = readings(IDS, 30)
+        minute = (pd.to_datetime(episode["phenomenon_time"]) - T0) // pd.Timedelta("1min")
+        episode["result"] = np.where((minute >= 10) & (minute < 20), 0.05, 0.3)
+
+        def publish(k: int) -> None:
+            frame = episode.sample(frac=1.0, random_state=k).sort_values(
+                "phenomenon_time", kind="stable"
+            )
+            publish_frames(
+                [frame], m.host, m.port, bulk=k % 2 == 0, client_id=f"{m.group}-pub{k}",
+                prefix=m.prefix, chunk=50,
+            )  # fmt: skip
+
+        threads = [threading.Thread(target=publish, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_until(lambda: len(stored(ing.store)) == len(episode), 60, "all readings")
+        ing.flush()
+        alarms = ing.store.alarms(rule_id="low", limit=None)
+        assert sorted(alarms["source"]) == sorted(IDS)
+        assert (alarms["status"] == "cleared").all() and (alarms["max_severity"] == "red").all()
+        assert not alarms.duplicated(["rule_id", "source"]).any()
+    finally:
+        ing.stop()
+        ing.store.close()
