@@ -124,7 +124,15 @@ def serve(
         console.print(
             f"serving {twin} on http://{host}:{port} ({service.describe()}); Ctrl-C stops"
         )
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        handle_exit = server.handle_exit
+
+        def close_streams_then_exit(sig: int, frame: Any) -> None:
+            service.hub.close()  # open event streams would hold the shutdown
+            handle_exit(sig, frame)
+
+        server.handle_exit = close_streams_then_exit  # type: ignore[method-assign]
+        server.run()
 
     run(body)
 
