@@ -4,9 +4,10 @@
 tower), level gauges in a sample of storm and combined manholes, at every outfall and pumping
 wet well and on the river's bridges, rain gauges on public roofs, pressure and flow at the
 water network's sources and district metered area (DMA) inlets and pressure at each DMA's
-critical (highest) point, level in the service reservoirs, gas detectors at every gas
-regulator. Each device sits at (or on) the asset it watches and names it in ``feature_id``.
-Everything is vectorised: a tower city of 100 km² gets a few hundred thousand meters.
+critical point (its highest junction with customers: ``critical_points``), level in the
+service reservoirs, gas detectors at every gas regulator. Each device sits at (or on) the
+asset it watches and names it in ``feature_id``. Everything is vectorised: a tower city of
+100 km² gets a few hundred thousand meters.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ def plan_sensors(layout: CityLayout, networks: dict[str, gpd.GeoDataFrame]) -> g
 
     ``networks`` holds the utility frames by network, keyed ``<network>_nodes`` (layer
     ``utility_nodes`` frames: ``id``, ``class``, ``network``, point geometry, and for water
-    ``zone_id`` and ``elevation``), e.g. ``water_supply_nodes``, ``storm_nodes``,
-    ``combined_nodes``, ``sewer_nodes``, ``gas_nodes``; ``<network>_links`` frames may be
-    there too and are not needed. A network that is missing gets no devices. Read from them:
-    water ``meter`` nodes are DMA inlets; ``reservoir`` and ``pumping_station`` nodes sources;
-    ``tank`` nodes service reservoirs; ``junction`` nodes, grouped by ``zone_id``, give each
-    DMA's critical point; gravity ``manhole``, ``outfall`` and ``pumping_station`` nodes and
+    ``zone_id``, ``elevation`` and ``base_demand``), e.g. ``water_supply_nodes``,
+    ``storm_nodes``, ``combined_nodes``, ``sewer_nodes``, ``gas_nodes``; ``<network>_links``
+    frames may be there too and are not needed. A network that is missing gets no devices.
+    Read from them: water ``meter`` nodes are DMA inlets; ``reservoir`` and ``pumping_station``
+    nodes sources; ``tank`` nodes service reservoirs; ``junction`` nodes, grouped by
+    ``zone_id``, give each DMA's critical point (the highest with customers:
+    ``critical_points``); gravity ``manhole``, ``outfall`` and ``pumping_station`` nodes and
     ``storage`` nodes (the stations' wet wells), gas ``regulator`` nodes.
     """
     parts = [_water_meters(layout)]
@@ -119,23 +121,45 @@ def _at(nodes: gpd.GeoDataFrame, cls: str, tag: str) -> pd.DataFrame:
 def _water_network(nodes: gpd.GeoDataFrame) -> pd.DataFrame:
     cls = nodes["class"].to_numpy(object)
     inlets = nodes[np.isin(cls, ["meter", "reservoir", "pumping_station"])]
-    junctions = nodes[cls == "junction"]
-    if "elevation" in junctions and junctions["elevation"].notna().any():
-        zone = junctions.get("zone_id")
-        zone = pd.Series("all", index=junctions.index) if zone is None else zone.fillna("all")
-        highest = junctions["elevation"].astype(float).groupby(zone.to_numpy()).idxmax()
-        critical = junctions.loc[highest.to_numpy()]
-    else:
-        critical = junctions.iloc[:0]
     return pd.concat(
         [
             _at(inlets, "flow_meter", "fm"),
             _at(inlets, "pressure_sensor", "ps"),
-            _at(critical, "pressure_sensor", "ps"),
+            _at(critical_points(nodes[cls == "junction"]), "pressure_sensor", "ps"),
             _at(nodes[cls == "tank"], "level_sensor", "lv"),
         ],
         ignore_index=True,
     )
+
+
+def critical_points(junctions: pd.DataFrame) -> pd.DataFrame:
+    """Each DMA's critical point: its highest junction with customers (``base_demand`` > 0),
+    where the service pressure is least. A hilltop junction nobody draws from is no one's
+    service pressure; a DMA without demand data (no ``base_demand`` column, or no junction
+    with demand) gets its highest junction. DMAs are the junctions' ``zone_id``; junctions
+    without one are in no DMA (a station's node) unless none has one (then they are all one);
+    junctions without an elevation are left out; ties go to the first. In the zones' order."""
+    if "elevation" not in junctions:
+        return junctions.iloc[:0]
+    elevation = pd.to_numeric(junctions["elevation"], errors="coerce").to_numpy(float)
+    zone = junctions.get("zone_id")
+    zone = np.full(len(junctions), None, object) if zone is None else zone.to_numpy(object)
+    zoned = pd.notna(zone)
+    keep = np.isfinite(elevation) & (zoned if zoned.any() else True)
+    known = np.flatnonzero(keep)
+    if not len(known):
+        return junctions.iloc[:0]
+    zone = np.array([str(z) if zoned.any() else "" for z in zone[known]], dtype=object)
+    demand = junctions.get("base_demand")
+    served = (
+        np.ones(len(known), bool)
+        if demand is None
+        else (pd.to_numeric(demand, errors="coerce").to_numpy(float)[known] > 0)
+    )
+    # by zone, junctions with customers first, highest first (stable: ties keep their order)
+    order = np.lexsort((-elevation[known], ~served, zone))
+    z = zone[order]
+    return junctions.iloc[known[order[np.r_[True, z[1:] != z[:-1]]]]]
 
 
 def _river_gauges(layout: CityLayout) -> pd.DataFrame:

@@ -830,7 +830,7 @@ def _scan(
         sig = _zscores(rule, cond, batch.rows[sel], t, v, catalog, baseline)
     else:
         sig = v
-    duration = cond.duration.value if cond.kind == "sustained" else 0
+    duration = cond.duration.value  # sustained, anomaly; 0 for the others
     before, after = scan_levels(
         loc, t, track.sign * sig, track.raise_at, track.hold_at, duration, ts.level, ts.raw,
         ts.since,

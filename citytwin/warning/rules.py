@@ -30,7 +30,8 @@ Kinds (``KINDS``):
   same-hour-of-week baseline of the datastream (data handed to the engine, see
   ``citytwin.warning.baseline``); ``levels`` are z magnitudes; ``direction`` ``above`` (high
   values), ``below`` (low values) or ``both`` (default); ``min_mad`` floors the MAD (in the
-  reading's unit).
+  reading's unit); ``duration`` (optional), as for ``sustained``: a level is raised only
+  once it has held that long (not on one odd reading).
 - ``no_data``: a datastream silent for more than ``silence``; ``level`` (default yellow).
 - ``composite``: ``op`` ``all`` (AND) or ``any`` (OR) over ``conditions`` (each a one-value
   threshold / sustained / rate_of_change / anomaly with its own ``applies_to``) over the
@@ -123,7 +124,7 @@ _FIELDS = {
     "threshold": _COMMON | _LEVELED,
     "sustained": _COMMON | _LEVELED | {"duration"},
     "rate_of_change": _COMMON | _LEVELED | {"window", "per"},
-    "anomaly": (_COMMON | _LEVELED | {"min_mad"}) - {"unit"},
+    "anomaly": (_COMMON | _LEVELED | {"min_mad", "duration"}) - {"unit"},
     "no_data": _COMMON | {"applies_to", "silence", "level"},
     "composite": _COMMON | {"op", "conditions", "group_by", "groups", "level"},
 }
@@ -148,8 +149,9 @@ class Selector:
 class Condition:
     """A levelled condition over single datastreams: the signal of ``kind`` (the value, its
     rate of change or its robust z-score) against ``levels`` (name, value) in increasing
-    severity, with hysteresis; ``duration`` for ``sustained``, ``window`` / ``per`` for
-    ``rate_of_change``, ``min_mad`` for ``anomaly``. ``name`` names a composite's part."""
+    severity, with hysteresis; ``duration`` for ``sustained`` (and optionally ``anomaly``),
+    ``window`` / ``per`` for ``rate_of_change``, ``min_mad`` for ``anomaly``. ``name`` names a
+    composite's part."""
 
     kind: str
     applies_to: Selector
@@ -513,6 +515,7 @@ def _condition(c: _Ctx, kind: str, *, single: bool) -> Condition:
             raise c.error("per", f"unknown {per!r}", hint=f"one of {', '.join(PER)}")
         extra["per"] = PER[per]
     if kind == "anomaly":
+        extra["duration"] = _duration(c, "duration", required=False)
         extra["min_mad"] = _number(c, "min_mad", 0.0)
         if extra["min_mad"] < 0:
             raise c.error("min_mad", f"must be ≥ 0, got {extra['min_mad']}")

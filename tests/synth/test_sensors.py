@@ -10,6 +10,7 @@ from functools import cache
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 
@@ -24,6 +25,7 @@ from citytwin.synth.sensors import (
     HOUSEHOLDS_PER_METER,
     RIVER_ID,
     TOWER_FLOORS,
+    critical_points,
     meters_per_building,
     plan_sensors,
 )
@@ -32,11 +34,15 @@ from citytwin.synth.utilities import plan_utilities, utilities_bundle
 
 def _water(layout) -> gpd.GeoDataFrame:
     """Junctions at the water corridor nodes in four DMAs (quadrants), a DMA inlet meter in
-    each, a source at the treatment plant and a tank on the highest node."""
+    each, a source at the treatment plant and a tank on the highest node. Every third junction
+    and the highest of each DMA (a hilltop) serve no one (``base_demand`` 0)."""
     xy = corridor_nodes(layout.streets, "water_supply")
     mid = np.array(layout.origin) + layout.side / 2
     zone = np.array([f"dma-{k}" for k in (xy[:, 0] > mid[0]) * 2 + (xy[:, 1] > mid[1])])
     ground = layout.terrain.sample(xy)
+    demand = np.where(np.arange(len(xy)) % 3 == 0, 0.0, 0.002)
+    for z in np.unique(zone):
+        demand[np.flatnonzero(zone == z)[np.argmax(ground[zone == z])]] = 0.0
     ids = [f"ws:J{i:05d}" for i in range(len(xy))]
     first = [int(np.flatnonzero(zone == z)[0]) for z in np.unique(zone)]
     plant = layout.facilities[layout.facilities["class"] == "water_treatment_plant"]
@@ -48,6 +54,7 @@ def _water(layout) -> gpd.GeoDataFrame:
             "network": "water_supply",
             "zone_id": list(zone) + list(zone[first]) + [None, None],
             "elevation": list(ground - 1.5) + list(ground[first] - 1.5) + [5.0, ground[top] + 30],
+            "base_demand": list(demand) + [None] * (len(first) + 2),
         },
         geometry=list(shapely.points(xy))
         + list(shapely.points(xy[first] + 1.0))
@@ -164,8 +171,11 @@ def test_level_pressure_flow_rain_and_gas_where_the_networks_call_for_them(city)
     assert set(flow["feature_id"]) == inlets
     pressure = set(by.get_group("pressure_sensor")["feature_id"])
     junctions = water[water["class"] == "junction"]
-    critical = junctions.loc[junctions.groupby("zone_id")["elevation"].idxmax(), "id"]
-    assert pressure == inlets | set(critical)  # inlets and each DMA's highest point
+    served = junctions[junctions["base_demand"] > 0]
+    critical = served.loc[served.groupby("zone_id")["elevation"].idxmax(), "id"]
+    hilltops = junctions.loc[junctions.groupby("zone_id")["elevation"].idxmax(), "id"]
+    # inlets and each DMA's highest junction with customers, not its empty hilltop
+    assert pressure == inlets | set(critical) and not pressure & set(hilltops)
     rain = by.get_group("rain_gauge")
     assert len(rain) == round(layout.area_km2 / 2)
     fac = layout.facilities.set_index("id")
@@ -174,6 +184,24 @@ def test_level_pressure_flow_rain_and_gas_where_the_networks_call_for_them(city)
     regulators = plan.nodes[plan.nodes["class"] == "regulator"]
     assert sorted(gas["feature_id"]) == sorted(regulators["id"])
     assert (gas["network"] == "gas").all()
+
+
+def test_critical_points_are_the_highest_junctions_with_customers():
+    j = pd.DataFrame(
+        {
+            "id": ["a1", "a2", "a3", "b1", "b2", "s1", "c1"],
+            "zone_id": ["A", "A", "A", "B", "B", None, "C"],
+            "elevation": [30.0, 20.0, 25.0, 10.0, 12.0, 99.0, np.nan],
+            "base_demand": [0.0, 0.001, 0.002, 0.0, np.nan, 0.5, 0.1],
+        }
+    )
+    # A: a3 (a1 is higher, nobody draws from it); B: nobody draws, its highest; the station
+    # node s1 is in no DMA; c1 has no elevation
+    assert critical_points(j)["id"].tolist() == ["a3", "b2"]
+    assert critical_points(j.drop(columns="base_demand"))["id"].tolist() == ["a1", "b2"]
+    no_zones = j.drop(columns="zone_id")  # a network without DMAs: one zone
+    assert critical_points(no_zones)["id"].tolist() == ["s1"]
+    assert critical_points(j.drop(columns="elevation")).empty
 
 
 def test_a_network_left_out_gets_no_devices():

@@ -241,6 +241,35 @@ def test_anomaly_against_the_same_hour_of_week_in_the_rule_timezone():
         evaluate(rules(rule), cat, rd)
 
 
+def test_anomaly_with_a_duration_is_not_raised_by_one_odd_reading():
+    base = Baseline(
+        pd.DataFrame({"datastream_id": ["f"], "hour_of_week": [8], "median": [50.0], "mad": [2.0]})
+    )
+    rule = {
+        "id": "an",
+        "kind": "anomaly",
+        "applies_to": "flow",
+        "direction": "above",
+        "levels": {"yellow": 3, "red": 6},
+        "hysteresis": 0.5,
+        "duration": "3min",
+    }
+    # z = (v - 50) / 2.965: 70 → 6.7, 62 → 4.0, 61 → 3.7 (held: above 3 - 0.5), 75 → 8.4
+    pts = [(0, 50), (1, 70), (2, 50), (3, 62), (4, 61), (5, 62), (6, 70), (7, 75), (8, 75)]
+    pts += [(9, 75), (10, 50)]
+    rd, cat = series("f", pts), catalog(one("f", "flow"))
+    ev = evaluate(rules(rule, timezone="Asia/Shanghai"), cat, rd, baseline=base).events
+    assert compact(ev) == [
+        (6.0, "an", "raise", "f", "yellow"),  # above yellow since 3; the odd 70 at 1 is not
+        (9.0, "an", "escalate", "f", "red"),  # above red since 6
+        (10.0, "an", "clear", "f", "red"),
+    ]
+    at_once = dict(rule)
+    del at_once["duration"]
+    ev = evaluate(rules(at_once, timezone="Asia/Shanghai"), cat, rd, baseline=base).events
+    assert compact(ev)[:2] == [(1.0, "an", "raise", "f", "red"), (2.0, "an", "clear", "f", "red")]
+
+
 # -- composite -------------------------------------------------------------------------------
 def surcharge(op="all", **grouping) -> dict:
     return {
@@ -586,10 +615,12 @@ def test_virtual_city_rules_run_on_a_small_city_catalog():
         series("gd1", [(0, 2.0), (30, 60.0)]),
         series("wm1", [(0, 100.0)]),
     )
-    res = Engine(rule_set, cat).evaluate(rd)
+    usual = pd.DataFrame({"datastream_id": "ps1", "hour_of_week": range(168), "median": 400.0})
+    res = Engine(rule_set, cat, baseline=Baseline(usual.assign(mad=2.0))).evaluate(rd)
     events = compact(res.events)
     assert (10.0, "surcharge-risk", "raise", "rain:rg1", "orange") in events
     assert (5.0, "dma-pressure-low", "raise", "ps1", "yellow") in events  # 0.15 MPa, 5 min
+    assert (5.0, "dma-pressure-drop", "raise", "ps1", "red") in events  # usually 400 kPa, 3 min
     assert (30.0, "gas-leak", "raise", "gd1", "red") in events
     assert (0.0, "rainstorm", "raise", "rg1", "yellow") in events
     assert (30.0, "telemetry-silent", "raise", "fm1", "yellow") in events  # never reported
