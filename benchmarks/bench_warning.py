@@ -221,7 +221,7 @@ def main() -> None:
     engine = Engine(virtual_city_rules(), cat, baseline=baseline)
     rate, events = run(engine, readings, args.batch, args.batches)
     print(
-        f"virtual city rule file (10 rules, all kinds), {n:,} datastreams: "
+        f"virtual city rule file ({len(engine.rules)} rules, all kinds), {n:,} datastreams: "
         f"{rate:,.0f} readings/s, {events:,.0f} events per batch"
     )
 
