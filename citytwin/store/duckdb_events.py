@@ -444,10 +444,12 @@ class EventStoreMixin:
         )
 
     def alarm(self, alarm_id: str) -> dict[str, Any] | None:
+        return self._read_one("alarms", "alarm_id", alarm_id)
+
+    def _read_one(self, table: str, key: str, value: str) -> dict[str, Any] | None:
+        """The row of ``table`` whose ``key`` is ``value``, as a dict, or None."""
         frame = self._read_events(
-            "alarms",
-            f"SELECT {self._event_cols('alarms')} FROM alarms WHERE alarm_id = ?",
-            [alarm_id],
+            table, f"SELECT {self._event_cols(table)} FROM {table} WHERE {key} = ?", [value]
         )
         return frame.to_dict("records")[0] if len(frame) else None
 
@@ -497,12 +499,7 @@ class EventStoreMixin:
         )
 
     def incident(self, incident_id: str) -> dict[str, Any] | None:
-        frame = self._read_events(
-            "incidents",
-            f"SELECT {self._event_cols('incidents')} FROM incidents WHERE incident_id = ?",
-            [incident_id],
-        )
-        return frame.to_dict("records")[0] if len(frame) else None
+        return self._read_one("incidents", "incident_id", incident_id)
 
     # -- notifications ------------------------------------------------------------------------
     def enqueue(self, outbox_rows: pd.DataFrame) -> int:
