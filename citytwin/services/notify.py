@@ -61,17 +61,15 @@ from starlette.responses import StreamingResponse
 from citytwin.errors import InvalidInput
 from citytwin.store import Store
 from citytwin.warning.alarms import (
-    CHANGE_EVENTS,
     WEBHOOKS_DOCUMENT,
     AlarmChanges,
     EscalationPolicy,
     Webhook,
-    alarm_json,
+    alarm_messages,
     due_escalations,
     jsonable,
     notification_rows,
     parse_webhooks,
-    typed_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -157,18 +155,7 @@ def change_events(changes: pd.DataFrame, alarms: pd.DataFrame) -> list[tuple[str
     state after the changes, as ``AlarmChanges`` has them): what the console's stream says."""
     if not len(changes):
         return []
-    by_id = {a["alarm_id"]: a for a in typed_frame("alarms", alarms).to_dict("records")}
-    out = []
-    for ch in typed_frame("changes", changes).to_dict("records"):
-        alarm = by_id.get(ch["alarm_id"])
-        if alarm is None:
-            raise InvalidInput(
-                "a change names an alarm that is not among the alarms given",
-                feature=ch["alarm_id"],
-                hint="pass the AlarmChanges' alarms with its changes",
-            )
-        out.append((CHANGE_EVENTS[ch["change"]], alarm_json(alarm)))
-    return out
+    return [(event, payload["alarm"]) for event, _, payload in alarm_messages(changes, alarms)]
 
 
 # -- delivery ---------------------------------------------------------------------------------

@@ -871,6 +871,13 @@ def notification_rows(
     hooks = webhooks if isinstance(webhooks, Sequence) else parse_webhooks(webhooks)
     if not len(changes) or not hooks:
         return empty_outbox()
+    return outbox_rows(alarm_messages(changes, alarms), hooks, created_at=created_at)
+
+
+def alarm_messages(changes: pd.DataFrame, alarms: pd.DataFrame) -> list[tuple[str, Any, dict]]:
+    """(event, severity, payload) per alarm change (``CHANGE_COLUMNS``; ``alarms``: their state
+    after the changes): what webhooks and the console's event stream say. Payload:
+    ``{"event", "alarm": {...}, "at", "severity", "previous_severity"}``."""
     by_id = {a["alarm_id"]: a for a in _records("alarms", alarms)}
     messages = []
     for ch in _records("changes", changes):
@@ -892,7 +899,7 @@ def notification_rows(
             "previous_severity": ch["previous_severity"],
         }
         messages.append((event, ch["severity"], payload))
-    return outbox_rows(messages, hooks, created_at=created_at)
+    return messages
 
 
 def incident_notification_rows(
