@@ -6,10 +6,11 @@ escalation policy (``twin_rules``, ``anomaly_baseline``, ``keep_webhooks``,
 ``escalation_policy``), and the operators' ``AlarmDesk`` (acknowledge, clear, assign, comment).
 
 Incident correlation (``IncidentCorrelator``): inside each ingest commit, the alarms the commit
-changed, every other active alarm and the open incidents go to ``citytwin.warning.incidents``
-with the ``Relations`` it needs: which node of which network each datastream watches, the
-gravity networks with their flow directions and gauged nodes, the water network's valve
-segments and DMAs, the usual pressure before a low-pressure alarm. Networks and datastreams
+changed, every other active alarm, the cleared alarms of the open incidents and the open
+incidents go to ``citytwin.warning.incidents`` with the ``Relations`` it needs: which node of
+which network each datastream watches, the gravity networks with their flow directions and
+gauged nodes, the water network's valve segments, DMAs and how the DMAs feed each other (from
+their inlet meters), the usual pressure before a low-pressure alarm. Networks and datastreams
 are read once and kept (the graph is stable); ``refresh()`` drops them after the twin's
 networks or datastreams change.
 """
@@ -17,6 +18,7 @@ networks or datastreams change.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +126,8 @@ class IncidentCorrelator:
         self._water: dict[str, WaterNetwork] = {}
         self._normal: dict[str, float] = {}
         self._zone_names: dict[str, str] | None = None
+        self._cleared: pd.DataFrame | None = None  # cleared alarms of the open incidents
+        self._not_found: set[str] = set()  # alarms of open incidents the store doesn't have
 
     # -- the use case ---------------------------------------------------------------------------
     def correlate(
@@ -133,9 +137,10 @@ class IncidentCorrelator:
         now: Any = None,
     ) -> IncidentChanges:
         """Correlate the ``alarms`` a commit changed (``ALARM_COLUMNS``, not saved yet) with
-        every other active alarm of the twin and the open incidents (read from the store when
-        not given). ``assignments`` may name alarms outside ``alarms``: older ones that joined
-        an incident now; save their ``incident_id`` too."""
+        every other active alarm of the twin, the cleared alarms of the open incidents and the
+        open incidents (read from the store when not given). ``assignments`` may name alarms
+        outside ``alarms``: older ones that joined an incident now; save their ``incident_id``
+        too."""
         if self._correlating == []:
             active = alarms.iloc[:0]
         else:
@@ -147,6 +152,9 @@ class IncidentCorrelator:
             merged = active
         if open_incidents is None:
             open_incidents = self.store.incidents(status="open", limit=None)
+        earlier = self._cleared_members(merged, open_incidents)
+        if len(earlier):
+            merged = pd.concat([merged, earlier], ignore_index=True)
         if now is None:
             now = dt.datetime.now(dt.UTC)
         return correlate(
@@ -178,6 +186,41 @@ class IncidentCorrelator:
             normal=self._normals(alarms, rows),
             zone_names=self._zones(),
         )
+
+    def _cleared_members(self, alarms: pd.DataFrame, incidents: pd.DataFrame) -> pd.DataFrame:
+        """The cleared alarms of the open ``incidents`` that ``alarms`` lacks (the engine counts
+        an incident's points over all its alarms): kept as they pass by cleared, read from the
+        store once for those that never did (after a restart)."""
+        if len(incidents) and {"incident_id", "status", "alarm_ids"} <= set(incidents.columns):
+            open_ = incidents[incidents["status"] == "open"]
+        else:  # the engine names what is missing
+            open_ = pd.DataFrame({"incident_id": [], "alarm_ids": []})
+        listed = {m for ids in open_["alarm_ids"] for m in _alarm_ids(ids)}
+        kept = [] if self._cleared is None else [self._cleared]
+        passing = alarms[alarms["status"].eq("cleared") & alarms["alarm_id"].isin(listed)]
+        if len(passing):
+            kept.append(passing)
+        missing = listed - set(alarms["alarm_id"]) - self._not_found
+        if kept:
+            missing -= set(pd.concat(kept)["alarm_id"])
+        if missing:
+            for iid, ids in zip(open_["incident_id"], open_["alarm_ids"], strict=True):
+                if missing.isdisjoint(_alarm_ids(ids)):
+                    continue
+                rows = self.store.alarms(incident_id=str(iid), status="cleared", limit=None)
+                kept.append(rows[rows["alarm_id"].isin(missing)])
+            # an alarm of an open incident that is neither active nor cleared with it is not
+            # read again (the engine counts it cleared)
+            self._not_found = (self._not_found | missing) & listed
+        kept = [k for k in kept if len(k)]
+        if not kept:
+            self._cleared = None
+            return alarms.iloc[:0]
+        cleared = pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
+        cleared = cleared[cleared["alarm_id"].isin(listed)]
+        self._cleared = cleared.drop_duplicates("alarm_id", keep="last").reset_index(drop=True)
+        self._not_found -= set(self._cleared["alarm_id"])
+        return self._cleared[~self._cleared["alarm_id"].isin(alarms["alarm_id"])]
 
     # -- datastreams ----------------------------------------------------------------------------
     def _stream_rows(self, ids: Any) -> pd.DataFrame:
@@ -263,6 +306,7 @@ class IncidentCorrelator:
             valve_ids=valves.ids,
             valve_closed=valves.closed,
             closed=data.closed_links,
+            fed_from=_fed_from(data, node_zone),
         )
 
     def _zones(self) -> dict[str, str]:
@@ -302,6 +346,41 @@ class IncidentCorrelator:
                 self._normal[aid] = float(stats["sum"].sum()) / count if count else math.nan
             out[aid] = self._normal[aid]
         return out
+
+
+def _alarm_ids(value: Any) -> list[str]:
+    """An incident's ``alarm_ids`` as the store gives them (a list, an array or JSON text)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value else []
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [str(v) for v in value]
+
+
+def _fed_from(data: NetworkData, node_zone: np.ndarray) -> dict[str, tuple[str, ...]]:
+    """How the DMAs of a water network feed each other, from their inlet meters: a meter's DMA
+    (``props["dma"]``, else its zone) takes the water of the DMA its ``props["from"]`` names
+    (``"source"``: none); a meter without ``from`` on a pipe between its DMA and one other
+    DMA takes that one's."""
+    meters = data.devices[data.devices["class"] == "meter"]
+    dmas = {z for z in node_zone if z is not None}
+    graph = data.graph
+    link = graph._link_lookup.get_indexer(meters["link_id"].to_numpy(object))
+    zones = meters["zone_id"] if "zone_id" in meters else pd.Series([None] * len(meters))
+    out: dict[str, set[str]] = {}
+    for props, zone, k in zip(meters["props"], zones, link, strict=True):
+        props = props if isinstance(props, dict) else {}
+        dma = props.get("dma") or (zone if isinstance(zone, str) else None)
+        if dma not in dmas:
+            continue
+        if "from" in props:
+            upstream = props["from"]
+        else:
+            ends = {node_zone[n] for n in graph.link_nodes[k]} - {None, dma} if k >= 0 else set()
+            upstream = ends.pop() if len(ends) == 1 else None
+        if upstream in dmas and upstream != dma:
+            out.setdefault(dma, set()).add(upstream)
+    return {dma: tuple(sorted(upstream)) for dma, upstream in sorted(out.items())}
 
 
 def _asset_nodes(data: NetworkData, assets: np.ndarray) -> np.ndarray:

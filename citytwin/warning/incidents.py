@@ -6,7 +6,8 @@
     # changes.changes: incident_id, change ('opened' | 'updated' | 'closed'), at
 
 ``alarms`` are *every* active alarm (an alarm raised an hour ago may relate to one raised now)
-plus those cleared since the last call; ``Relations`` is what the app knows about the
+plus those cleared since the last call (and, for titles that count them all, the open
+incidents' earlier cleared alarms); ``Relations`` is what the app knows about the
 datastreams and networks behind them. Three relations join active alarms:
 
 - **surcharge** (gravity networks: storm, sewer, combined). A *high-water* alarm is a levelled
@@ -18,12 +19,28 @@ datastreams and networks behind them. Three relations join active alarms:
   the spacing of gauges on a line where one manhole in ten has one) breaks it too. Joined
   alarms on one line, or on branches draining into an alarmed manhole, are one incident whose
   point is the *most upstream* alarmed node: the one from which most of the others are
-  reached downstream (ties: the longest reach along the pipes).
+  reached downstream (ties: the longest reach along the pipes). That point is where the
+  surcharge began and stays its point while alarms clear; it moves only to a newly alarmed
+  node upstream of it. Its title counts the points (gauged assets) that alarmed in it and,
+  once some have cleared, how many are still in alarm ("3 of 5 points still in alarm"); pass
+  the incident's cleared alarms along for a full count (a point whose alarm is not passed is
+  not counted).
 - **DMA** (water supply). Low-pressure alarms of a district metered area and high-inflow
   alarms at its inlets (``flow`` tagged ``dma_inlet``) share the DMA. Low pressure together
   with an inflow rise is a ``suspected_burst`` with candidate valve segments; low pressure at
   several points without it (or inflow rises alone) is a ``place`` incident of the DMA that
   becomes a suspected burst when the inflow alarm comes (a kind only ever goes up).
+  *Cascaded DMAs*: a DMA fed through another (``WaterNetwork.fed_from``) takes its water over
+  the other's inlets, so a burst downstream raises the inflow of every DMA it is fed through.
+  A DMA's own use is its *net* inflow (its inlets less what it passes on), so an inflow rise
+  of a DMA is *passed on* — not its own — while a DMA fed through it (downstream, and not
+  also feeding it back) has an inflow alarm too, or once it has joined the incident of such a
+  DMA (that explanation stays while the downstream alarm clears first). A passed-on rise
+  never makes its DMA a suspected burst. It joins the incident of the nearest DMA downstream
+  with an inflow alarm as context, and the alarms of its own DMA (the pressure there drops
+  as its mains carry the extra water) come along through it; that incident's DMA (zone,
+  title, candidates, inlet) stays the one whose own inflow rose: the most downstream. An
+  incident's DMA moves only downstream, when the inflow of a DMA fed through it rises.
   Candidates: every valve segment of the DMA scored by a drop-weighted kernel of its network
   distance to the alarmed pressure points, ``sum_i w_i exp(-d_i / kernel_m) / sum_i w_i``,
   with ``w_i`` the relative pressure drop ``(normal - value) / normal`` where the usual
@@ -54,7 +71,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -173,7 +190,9 @@ class WaterNetwork:
     """A pressurised network for burst candidates: its graph, the DMA (zone id, or None) of
     every node, its valve segments (``citytwin.networks.segments.valve_segments``), the valve
     ids aligned with ``segments.valve_link`` and which valves are shut in normal operation
-    (DMA boundaries), and the links shut in normal operation."""
+    (DMA boundaries), the links shut in normal operation, and how the DMAs feed each other:
+    ``fed_from`` names, per DMA, the DMAs whose water enters it over its inlets (a DMA not
+    named is fed from the sources)."""
 
     graph: Network
     node_zone: np.ndarray
@@ -181,8 +200,19 @@ class WaterNetwork:
     valve_ids: np.ndarray | None = None
     valve_closed: np.ndarray | None = None
     closed: np.ndarray | None = None
+    fed_from: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        feeds = {}
+        for dma, upstream in dict(self.fed_from).items():
+            if isinstance(upstream, str) or not all(isinstance(u, str) for u in upstream):
+                raise InvalidInput(
+                    f"fed_from[{dma!r}] must list DMA ids, got {upstream!r}",
+                    source="relations",
+                    hint="e.g. {'DMA-04': ['DMA-02', 'DMA-03']}",
+                )
+            feeds[str(dma)] = tuple(sorted({u for u in upstream if u != dma}))
+        object.__setattr__(self, "fed_from", feeds)
         _check_length(self.node_zone, self.graph.n_nodes, "node_zone", "node")
         _check_length(self.segments.node_segment, self.graph.n_nodes, "segments", "node")
         n_valves = len(self.segments.valve_link)
@@ -219,6 +249,33 @@ class WaterNetwork:
         owner = np.r_[sides[v, 0], sides[v, 1]]
         indptr, at = _group(owner, seg.n_segments)
         return indptr, np.r_[v, v][at]
+
+    @cached_property
+    def fed_through(self) -> dict[str, dict[str, int]]:
+        """Per DMA the DMAs fed through it and how many DMAs away (1: over one of its own
+        outlets): downstream along ``fed_from``, and not also feeding it back (DMAs in a loop
+        feed each other: neither passes the other's water on)."""
+        below: dict[str, list[str]] = {}
+        for dma, upstream in self.fed_from.items():
+            for u in upstream:
+                below.setdefault(u, []).append(dma)
+        reach: dict[str, dict[str, int]] = {}
+        for start in below:
+            steps, frontier = {start: 0}, [start]
+            while frontier:
+                nxt = []
+                for z in frontier:
+                    for d in below.get(z, ()):
+                        if d not in steps:
+                            steps[d] = steps[z] + 1
+                            nxt.append(d)
+                frontier = nxt
+            del steps[start]
+            reach[start] = steps
+        return {
+            z: {d: k for d, k in sorted(r.items()) if z not in reach.get(d, {})}
+            for z, r in reach.items()
+        }
 
     def segment_links(self, s: int) -> np.ndarray:
         """Link indices of segment ``s``."""
@@ -483,6 +540,31 @@ def _dma_edges(a, role, edges) -> None:
             head[key] = int(i)
 
 
+def _passed_on(a, role, rel, owner, incidents, edges) -> np.ndarray:
+    """Which active inflow rises are water passed on to a DMA fed through theirs (module
+    note): while such a DMA has an inflow alarm (then an edge, ahead of all others, to the
+    first of the nearest one's), or when the alarm is in an incident of such a DMA."""
+    passed = np.zeros(len(a), bool)
+    at = np.flatnonzero(a.active & (role == "inflow_high"))
+    first: dict[tuple[str, str], int] = {}
+    for i in at:
+        first.setdefault((a.network[i], a.zone[i]), int(i))
+    for i in at:
+        water = rel.water.get(a.network[i])
+        below = water.fed_through.get(a.zone[i]) if water is not None else None
+        if not below:
+            continue
+        rising = [(k, z) for z, k in below.items() if (a.network[i], z) in first]
+        if rising:
+            passed[i] = True
+            edges.append((-1.0, int(i), first[(a.network[i], min(rising)[1])]))
+            continue
+        held = incidents.get(owner.get(a.ids[i]))
+        if held is not None and held["network"] == a.network[i] and held["zone"] in below:
+            passed[i] = True
+    return passed
+
+
 def _place_edges(a, role, settings, owned, edges) -> None:
     """Place-role alarms within ``radius_m`` of each other, raised within ``window`` of each
     other unless one of them is in an open incident (``owned``): that one is going on now."""
@@ -535,11 +617,12 @@ def correlate(
     now: Any,
     settings: CorrelationSettings | None = None,
 ) -> IncidentChanges:
-    """Correlate ``alarms`` (every active alarm, plus those cleared since the last call;
-    ``ALARM_COLUMNS``, of which ``alarm_id``, ``rule_id``, ``kind``, ``status`` and
-    ``raised_at`` are required) with the open ``incidents`` (``INCIDENT_COLUMNS``; closed
-    rows are ignored). An alarm of an open incident that is not among ``alarms`` counts as
-    cleared; a repeated alarm id counts once (its first row). See the module note."""
+    """Correlate ``alarms`` (every active alarm, plus those cleared since the last call and
+    best the open incidents' other cleared alarms; ``ALARM_COLUMNS``, of which ``alarm_id``,
+    ``rule_id``, ``kind``, ``status`` and ``raised_at`` are required) with the open
+    ``incidents`` (``INCIDENT_COLUMNS``; closed rows are ignored). An alarm of an open
+    incident that is not among ``alarms`` counts as cleared (and is left out of the counts in
+    titles); a repeated alarm id counts once (its first row). See the module note."""
     settings = settings or CorrelationSettings()
     relations = relations or Relations()
     now_ns = int(_stamp(now, "now").value)
@@ -560,6 +643,7 @@ def correlate(
     edges: list[tuple[float, int, int]] = []
     chains = _surcharge_edges(a, role, node, relations, settings, edges)
     _dma_edges(a, role, edges)
+    passed = _passed_on(a, role, relations, owner, open_, edges)
     owned = np.array([aid in owner for aid in a.ids], dtype=bool)
     _place_edges(a, role, settings, owned, edges)
 
@@ -575,7 +659,7 @@ def correlate(
     for i in np.flatnonzero(a.active):
         members.setdefault(groups.find(int(i)), []).append(int(i))
 
-    ctx = _Context(a, role, node, relations, settings, chains, position, now_ns)
+    ctx = _Context(a, role, node, passed, relations, settings, chains, position, now_ns)
     rows, changes, assignments = [], [], []
     kept: set[str] = set()
     for root, pos in sorted(members.items()):
@@ -661,6 +745,7 @@ class _Context:
     a: _Alarms
     role: np.ndarray
     node: np.ndarray
+    passed: np.ndarray  # inflow rises passed on downstream
     rel: Relations
     settings: CorrelationSettings
     chains: dict[str, _Chains]
@@ -711,32 +796,59 @@ class _Context:
             range(len(pos)),
             key=lambda k: (-reach[k], -far[k], a.asset[pos[k]] != before, k),
         )
-        anchor = pos[best]
-        points = {a.asset[self.position[m]] for m in rec["alarm_ids"] if m in self.position}
-        rec.update(
-            kind="surcharge",
-            network=net,
-            zone=a.zone[anchor],
-            asset_id=a.asset[anchor],
-            x=a.x[anchor],
-            y=a.y[anchor],
-            title=f"surcharge in the {net} network from {a.asset[anchor]} "
-            f"({len(points)} points in alarm)",
+        anchor: int | None = pos[best]
+        if (
+            before is not None
+            and a.asset[anchor] != before
+            and prev["network"] == net
+            and not self._upstream(net, anchor, before)
+        ):
+            anchor = None  # the surcharge began at the incident's point: it stays there
+        every = [self.position[m] for m in rec["alarm_ids"] if m in self.position]
+        active = {_point(a, i) for i in pos}
+        points = active | {_point(a, i) for i in every if self.role[i] == "high_water"}
+        rec.update(kind="surcharge", network=net)
+        if anchor is not None:
+            rec.update(zone=a.zone[anchor], asset_id=a.asset[anchor], x=a.x[anchor], y=a.y[anchor])
+            if not math.isfinite(rec["x"]) and chains is not None and self.node[anchor] >= 0:
+                xy = self.rel.gravity[net].graph.node_xy
+                if xy is not None:
+                    rec["x"], rec["y"] = (float(v) for v in xy[self.node[anchor]])
+        rec["title"] = (
+            f"surcharge in the {net} network from {rec['asset_id']} "
+            f"({_in_alarm(len(active), len(points))})"
         )
-        if not math.isfinite(rec["x"]) and chains is not None and self.node[anchor] >= 0:
-            xy = self.rel.gravity[net].graph.node_xy
-            if xy is not None:
-                rec["x"], rec["y"] = (float(v) for v in xy[self.node[anchor]])
+
+    def _upstream(self, net: str, i: int, asset: str) -> bool:
+        """Whether alarm ``i``'s node drains (through any pipes) to ``asset``: a node of the
+        gravity network ``net``, or the node of a known alarm on that asset."""
+        g, a = self.rel.gravity.get(net), self.a
+        if g is None or self.node[i] < 0:
+            return False
+        at = int(g.graph._node_lookup.get_indexer([asset])[0])
+        if at < 0:
+            known = np.flatnonzero((a.asset == asset) & (a.network == net) & (self.node >= 0))
+            if not len(known):
+                return False
+            at = int(self.node[known[0]])
+        dist = dijkstra(g.downstream, directed=True, indices=int(self.node[i]))
+        return bool(np.isfinite(dist[at]))
 
     def _dma(self, rec: dict[str, Any], pos: list[int], prev: Mapping | None) -> None:
         a, role, rel = self.a, self.role, self.rel
         dma = [i for i in pos if role[i] in ("pressure_low", "inflow_high")] or pos
-        net, zone = a.network[dma[0]], a.zone[dma[0]]
-        low = [i for i in dma if role[i] == "pressure_low"]
-        rise = [i for i in dma if role[i] == "inflow_high"]
+        own = [i for i in dma if role[i] == "inflow_high" and not self.passed[i]]
+        net, zone = self._dma_zone(dma, own, prev)
+        mine = [i for i in dma if a.network[i] == net and a.zone[i] == zone]
+        low = [i for i in mine if role[i] == "pressure_low"]
+        rise = [i for i in own if a.network[i] == net and a.zone[i] == zone]
+        passed = [i for i in mine if role[i] == "inflow_high" and self.passed[i]]
+        moved = prev is not None and (prev["network"], prev["zone"]) != (net, zone)
         burst = bool(low and rise) or (prev is not None and prev["kind"] == "suspected_burst")
         name = rel.zone_names.get(zone) or zone
         rec.update(network=net, zone=zone, kind="suspected_burst" if burst else "place")
+        if moved:
+            rec["candidates"] = []  # they were another DMA's
         weights = self._drop_weights(low)
         worst = low[int(np.argmax(weights))] if low else None
         inlet = max(rise, key=lambda i: (_RANK.get(a.severity[i], -1), -i)) if rise else None
@@ -750,20 +862,43 @@ class _Context:
             point = (top["x"], top["y"]) if top.get("x") is not None else None
             if point is None and low:
                 point = (a.x[worst], a.y[worst])
+            if point is None and inlet is not None and (moved or prev is None):
+                point = (a.x[inlet], a.y[inlet])
             anchor = inlet if inlet is not None else worst
         elif low:
-            points = len({a.asset[i] for i in low})
-            rec["title"] = f"low pressure in {name} ({points} points)"
+            every = [self.position[m] for m in rec["alarm_ids"] if m in self.position]
+            active = {_point(a, i) for i in low}
+            points = active | {_point(a, i) for i in every if role[i] == "pressure_low"
+                               and a.network[i] == net and a.zone[i] == zone}  # fmt: skip
+            rec["title"] = f"low pressure in {name} ({_in_alarm(len(active), len(points))})"
             anchor, point = worst, (a.x[worst], a.y[worst])
-        elif rise:
+        elif rise or passed:
             rec["title"] = f"high inflow into {name}"
-            anchor, point = inlet, (a.x[inlet], a.y[inlet])
-        else:  # none of its active alarms is a DMA one any more: keep what it says
+            anchor = max(rise or passed, key=lambda i: (_RANK.get(a.severity[i], -1), -i))
+            point = (a.x[anchor], a.y[anchor])
+        else:  # none of its active alarms is one of its DMA's any more: keep what it says
             anchor = point = None
         if anchor is not None and (inlet is not None or not burst):
             rec["asset_id"] = a.asset[anchor]
         if point is not None:
             rec["x"], rec["y"] = float(point[0]), float(point[1])
+
+    def _dma_zone(self, dma: list[int], own: list[int], prev: Mapping | None) -> tuple:
+        """The DMA of an incident (network, zone): the one whose own inflow rose; an open
+        incident keeps its DMA unless the own inflow of a DMA fed through it rose."""
+        a = self.a
+        if prev is not None and prev["zone"] is not None:
+            here = (prev["network"], prev["zone"])
+            water = self.rel.water.get(here[0])
+            below = water.fed_through.get(here[1], {}) if water is not None else {}
+            down = [(below[a.zone[i]], a.zone[i]) for i in own
+                    if a.network[i] == here[0] and a.zone[i] in below]  # fmt: skip
+            mine = any((a.network[i], a.zone[i]) == here for i in own)
+            return (here[0], min(down)[1]) if down and not mine else here
+        if own:
+            i = max(own, key=lambda i: (_RANK.get(a.severity[i], -1), -i))
+            return a.network[i], a.zone[i]
+        return a.network[dma[0]], a.zone[dma[0]]
 
     def _place(self, rec: dict[str, Any], pos: list[int]) -> None:
         a = self.a
@@ -944,6 +1079,17 @@ def _tag_set(tags: Any) -> set[str]:
     if isinstance(tags, str):
         return {t.strip() for t in tags.split(",") if t.strip()}
     return {str(t) for t in tags}
+
+
+def _point(a: _Alarms, i: int) -> str:
+    """What alarm ``i`` watches, to count the points of an incident: its asset."""
+    return a.asset[i] or a.datastream[i] or a.ids[i]
+
+
+def _in_alarm(now: int, every: int) -> str:
+    """A count of points: "3 points in alarm", "1 of 3 points still in alarm"."""
+    noun = "point" if every == 1 else "points"
+    return f"{every} {noun} in alarm" if now >= every else f"{now} of {every} {noun} still in alarm"
 
 
 def _missing(v: Any) -> bool:

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import shapely
 
-from citytwin.app.monitoring import IncidentCorrelator
-from citytwin.app.networks import load_network, network_valves
+from citytwin.app.monitoring import IncidentCorrelator, _fed_from
+from citytwin.app.networks import NetworkData, load_network, network_valves
 from citytwin.model import validate_frame
 from citytwin.networks.segments import valve_segments
 from citytwin.networks.trace import downstream
@@ -210,13 +210,34 @@ def test_manhole_alarms_along_a_storm_line_are_one_surcharge(twin):
     assert alarms.loc[far, "incident_id"] is None  # on another line: no incident
     # correlating again with nothing new changes nothing
     assert correlator.correlate(twin.alarms(status="active").iloc[:0], now=minutes(11)).empty
+    n = len(line)
+    assert inc["title"] == f"surcharge in the storm network from {line[0]} ({n} points in alarm)"
+    # the most upstream gauge clears first: the surcharge began there, its point stays
+    out = commit(twin, correlator, [event(gauge(twin, line[0]), "manhole-level", "threshold",
+                                          15, what="clear")], now=16)  # fmt: skip
+    assert out.changes[["change", "at"]].values.tolist() == [["updated", minutes(15)]]
+    inc = twin.incident(inc["incident_id"])
+    assert inc["asset_id"] == line[0] and (inc["x"], inc["y"]) == pytest.approx(
+        (top["x"], top["y"])
+    )
+    assert inc["title"] == (
+        f"surcharge in the storm network from {line[0]} ({n - 1} of {n} points still in alarm)"
+    )
+    # after a restart (a new correlator) the cleared alarms are read back from the store:
+    # the next one to clear still counts every point
+    again = IncidentCorrelator(twin, virtual_city_rules())
+    out = commit(twin, again, [event(gauge(twin, line[1]), "manhole-level", "threshold", 17,
+                                     what="clear")], now=18)  # fmt: skip
+    inc = twin.incident(inc["incident_id"])
+    assert inc["asset_id"] == line[0]
+    assert inc["title"] == (
+        f"surcharge in the storm network from {line[0]} ({n - 2} of {n} points still in alarm)"
+    )
     # all clear: the incident closes when the last of its alarms clears
     clear = [event(gauge(twin, m), "manhole-level", "threshold", 20 + k, what="clear")
-             for k, m in enumerate(line)]  # fmt: skip
-    out = commit(twin, correlator, clear, now=30)
-    assert out.changes[["change", "at"]].values.tolist() == [
-        ["closed", minutes(20 + len(line) - 1)]
-    ]
+             for k, m in enumerate(line[2:])]  # fmt: skip
+    out = commit(twin, again, clear, now=30)
+    assert out.changes[["change", "at"]].values.tolist() == [["closed", minutes(20 + n - 3)]]
     assert twin.incidents(status="open").empty
     assert twin.incident(inc["incident_id"])["status"] == "closed"
 
@@ -257,7 +278,7 @@ def test_low_pressure_then_an_inflow_rise_is_a_suspected_burst_in_the_dma(twin):
     assert out.changes["change"].tolist() == ["opened"]
     iid = out.changes["incident_id"].iloc[0]
     inc = twin.incident(iid)
-    assert inc["kind"] == "place" and inc["title"] == "low pressure in DMA 03 (3 points)"
+    assert inc["kind"] == "place" and inc["title"] == "low pressure in DMA 03 (3 points in alarm)"
     assert inc["asset_id"] == loggers["asset_id"].iloc[0] and inc["candidates"] == []
 
     inflow = ds["zone"].eq(DMA) & ds["observed_property"].eq("flow")
@@ -299,6 +320,94 @@ def test_low_pressure_then_an_inflow_rise_is_a_suspected_burst_in_the_dma(twin):
     clear.append(event(inlet, "dma-inflow-anomaly", "anomaly", 31, what="clear"))
     out = commit(twin, correlator, clear, now=32)
     assert out.changes[["incident_id", "change"]].values.tolist() == [[iid, "closed"]]
+
+
+def _inlets(store) -> pd.DataFrame:
+    """The DMA inlet meters of the city: their DMA and the DMA (or source) they take from."""
+    meters = store.query(Query("utility_nodes", classes=["meter"], columns=("zone_id", "props")))
+    return pd.DataFrame(
+        {
+            "meter": meters["id"].to_numpy(object),
+            "dma": [p["dma"] for p in meters["props"]],
+            "from": [p["from"] for p in meters["props"]],
+        }
+    )
+
+
+def test_the_dmas_feed_each_other_over_their_inlet_meters(twin):
+    inlets = _inlets(twin)
+    dmas = set(inlets["dma"])
+    expected = {
+        dma: tuple(sorted(set(group["from"]) & dmas))
+        for dma, group in inlets.groupby("dma")
+        if set(group["from"]) & dmas
+    }
+    assert expected  # the city has DMAs fed through others
+    correlator = IncidentCorrelator(twin, virtual_city_rules())
+    ds = streams(twin)
+    flow = ds[ds["tags"].str.contains("dma_inlet") & ds["observed_property"].eq("flow")]
+    one = {"alarm_id": "a", "datastream_id": flow.index[0], "status": "active", "raised_at": T0}
+    water = correlator.relations(pd.DataFrame([one])).water["water_supply"]
+    assert water.fed_from == expected
+    # without the meters' "from", the pipe each meter sits on tells the same
+    data = load_network(twin, "water_supply")
+    bare = data.devices.assign(
+        props=[{k: v for k, v in p.items() if k != "from"} if isinstance(p, dict) else p
+               for p in data.devices["props"]]
+    )  # fmt: skip
+    plain = NetworkData(data.network, data.graph, data.nodes, data.links, bare, data.issues)
+    assert _fed_from(plain, water.node_zone) == expected
+
+
+def test_a_burst_in_a_dma_fed_through_others_is_its_own_suspected_burst(twin):
+    """The inflow rises at the inlets of every DMA the burst's water passes through: one
+    suspected burst, in the DMA fed through the others; their rises and the pressure that
+    drops in them later join it."""
+    inlets = _inlets(twin)
+    dmas = set(inlets["dma"])
+    fed = inlets[inlets["from"].isin(dmas)]
+    # a DMA fed through another that is itself fed through a third, where there is one
+    below = fed[fed["from"].isin(fed["dma"])]
+    burst_dma = sorted((below if len(below) else fed)["dma"])[-1]
+    chain, todo = set(), [burst_dma]
+    while todo:  # the DMAs it is fed through
+        up = set(inlets.loc[inlets["dma"] == todo.pop(), "from"]) & dmas
+        todo += sorted(up - chain)
+        chain |= up
+    assert chain
+    ds = streams(twin)
+    flow = ds[ds["tags"].str.contains("dma_inlet") & ds["observed_property"].eq("flow")]
+    rises = flow[flow["zone"].isin(chain | {burst_dma})].sort_values("datastream_id")
+    pressure = ds[ds["observed_property"].eq("pressure") & ds["zone"].eq(burst_dma)]
+    assert len(pressure) >= 1
+    correlator = IncidentCorrelator(twin, virtual_city_rules())
+    events = [event(r, "dma-inflow-anomaly", "anomaly", 0, level="orange", value=50.0)
+              for r in rises.to_dict("records")]  # fmt: skip
+    events += [event(r, "dma-pressure-drop", "anomaly", 1, level="red", value=0.2)
+               for r in pressure.to_dict("records")]  # fmt: skip
+    out = commit(twin, correlator, events, now=2)
+    assert out.changes["change"].tolist() == ["opened"]
+    inc = twin.incident(out.changes["incident_id"].iloc[0])
+    name = twin.query(Query("zones", ids=[burst_dma], columns=["name"]))["name"].iloc[0]
+    assert inc["kind"] == "suspected_burst" and inc["title"] == f"suspected burst in {name}"
+    assert inc["zone"] == burst_dma
+    assert inc["asset_id"] in set(rises.loc[rises["zone"] == burst_dma, "asset_id"])
+    members = twin.alarms(incident_id=inc["incident_id"], limit=None)
+    assert set(members["source"]) == set(rises["datastream_id"]) | set(pressure["datastream_id"])
+    # later the pressure drops in the DMAs upstream too: it joins, nothing else opens
+    upstream = ds[ds["observed_property"].eq("pressure") & ds["zone"].isin(chain)]
+    late = [event(r, "dma-pressure-drop", "anomaly", 50, value=0.25)
+            for r in upstream.to_dict("records")]  # fmt: skip
+    out = commit(twin, correlator, late, now=51)
+    assert out.changes[["incident_id", "change"]].values.tolist() == [
+        [inc["incident_id"], "updated"]
+    ]
+    assert set(out.assignments["alarm_id"]) == set(
+        twin.alarms(source=list(upstream["datastream_id"]), limit=None)["alarm_id"]
+    )
+    opened = twin.incidents(limit=None)
+    assert opened["incident_id"].tolist() == [inc["incident_id"]]
+    assert twin.incident(inc["incident_id"])["zone"] == burst_dma
 
 
 def test_a_correlation_takes_milliseconds_once_the_networks_are_loaded(twin):

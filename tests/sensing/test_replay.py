@@ -6,7 +6,9 @@ and incidents."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
+import re
 import shutil
 import socket
 import time
@@ -367,13 +369,15 @@ def test_replayed_into_the_ingestor_alarms_and_incidents_follow_the_events(live_
         assert len(at) and (at >= e.storm_at).all() and (at < e.storm_end).all(), rule
     # ... joined along the storm sewers: a surcharge incident anchored, when it opened, at the
     # manhole from which the water reaches its other alarmed manholes downstream
-    opened = pd.concat(written, ignore_index=True).drop_duplicates("incident_id")
+    history = pd.concat(written, ignore_index=True)
+    opened = history.drop_duplicates("incident_id")
     surcharges = opened[opened["kind"] == "surcharge"]
     assert len(surcharges) >= 1
     roles = alarm_roles(alarms, relations).set_index("alarm_id")
+    by_id = alarms.set_index("alarm_id")
     anchored = []
     for inc in surcharges.itertuples():
-        assert set(alarms.set_index("alarm_id").loc[inc.alarm_ids, "rule_id"]) == {"manhole-level"}
+        assert set(by_id.loc[inc.alarm_ids, "rule_id"]) == {"manhole-level"}
         net = relations.gravity[inc.network]
         nodes = net.graph.node_index(roles.loc[inc.alarm_ids, "node"].unique())
         anchor = int(net.graph.node_index([inc.asset_id])[0])
@@ -381,6 +385,38 @@ def test_replayed_into_the_ingestor_alarms_and_incidents_follow_the_events(live_
         down = dijkstra(net.downstream, directed=True, indices=anchor)[nodes]
         anchored.append(len(nodes) > 1 and np.isfinite(down).all())
     assert any(anchored), surcharges[["title", "asset_id"]]
+    # ... whose point stays where the surcharge began while its alarms clear (it could only
+    # move up, to a newly alarmed manhole the earlier one drains from), and whose title
+    # counts every manhole that alarmed in it
+    final = incidents[incidents["kind"] == "surcharge"].set_index("incident_id")
+    assert set(final.index) == set(surcharges["incident_id"])
+    shrank = 0
+    for iid, rows in history[history["kind"] == "surcharge"].groupby("incident_id", sort=False):
+        net = relations.gravity[rows["network"].iloc[0]]
+        moves = rows["asset_id"][rows["asset_id"] != rows["asset_id"].shift()]
+        points = net.graph.node_index(moves)
+        for before, after in itertools.pairwise(points):
+            assert np.isfinite(dijkstra(net.downstream, directed=True, indices=after)[before])
+        inc = final.loc[iid]
+        assert inc["asset_id"] == moves.iloc[-1]
+        nodes = net.graph.node_index(roles.loc[inc["alarm_ids"], "node"].unique())
+        others = [n for n in nodes if n != points[-1]]
+        if others:  # none of its manholes drains to its point: it is the most upstream
+            reach = np.atleast_2d(dijkstra(net.downstream, directed=True, indices=others))
+            assert not np.isfinite(reach[:, points[-1]]).any(), inc["title"]
+        n_points = len(by_id.loc[inc["alarm_ids"], "asset_id"].unique())
+        for asset, title in zip(rows["asset_id"], rows["title"], strict=True):
+            m = re.fullmatch(
+                rf"surcharge in the {inc['network']} network from {re.escape(asset)}"
+                r" \(((\d+) of )?(\d+) (points?) (still )?in alarm\)",
+                title,
+            )
+            assert m and bool(m[1]) == bool(m[5]), title
+            assert (m[4] == "point") == (m[3] == "1"), title  # plural
+            assert int(m[3]) <= n_points and int(m[2] or m[3]) <= int(m[3]), title
+            shrank += bool(m[1])
+        assert int(m[3]) == n_points, title  # the last one counts them all
+    assert shrank  # some were seen with part of their manholes back to normal
     # the burst: its DMA's inflow far above, and its pressures far below, their usual for the
     # hour, from the burst on (3 minutes held)
     for rule, ids in (
@@ -396,15 +432,29 @@ def test_replayed_into_the_ingestor_alarms_and_incidents_follow_the_events(live_
         assert (first < e.burst_at + pd.Timedelta("5min")).all(), rule
         assert set(mine["max_severity"]) <= {"orange", "red"}, rule
     # ... correlated into a suspected burst in that DMA, the burst main among its candidates
-    bursts = incidents[
-        (incidents["kind"] == "suspected_burst") & (incidents["zone"] == e.burst_dma)
-    ]
-    assert len(bursts) == 1
+    bursts = incidents[incidents["kind"] == "suspected_burst"]
+    assert bursts["zone"].tolist() == [e.burst_dma]  # and in no DMA it is fed through
     burst = bursts.iloc[0]
     assert burst["title"] == f"suspected burst in {dma_name.iloc[0]}"
     members = alarms[alarms["incident_id"] == burst["incident_id"]]
-    assert set(members["rule_id"]) == {"dma-inflow-anomaly", "dma-pressure-drop"}
-    assert set(members["source"]) == set(e.burst_inlets) | set(e.burst_pressures)
+    own = members[members["zone"] == e.burst_dma]
+    assert set(own["rule_id"]) == {"dma-inflow-anomaly", "dma-pressure-drop"}
+    assert set(own["source"]) == set(e.burst_inlets) | set(e.burst_pressures)
+    assert burst["asset_id"] in set(own.loc[own["rule_id"] == "dma-inflow-anomaly", "asset_id"])
+    # ... the burst's water raised the inflow of the DMAs it is fed through as well (their
+    # meters carry it): passed on, those rises joined the burst, and the pressure that drops
+    # in those DMAs later (their mains carry more) joins through them; nothing else opens
+    fed_through = relations.water["water_supply"].fed_through
+    upstream = {dma for dma, below in fed_through.items() if e.burst_dma in below}
+    inflows = _raised(alarms, "dma-inflow-anomaly")
+    passed = inflows[inflows["zone"] != e.burst_dma]
+    assert len(passed) and set(passed["zone"]) <= upstream
+    assert (passed["incident_id"] == burst["incident_id"]).all()
+    context = members[members["zone"] != e.burst_dma]
+    assert set(context["zone"]) <= upstream
+    assert set(context["rule_id"]) == {"dma-inflow-anomaly", "dma-pressure-drop"}
+    water = incidents[incidents["network"] == "water_supply"]
+    assert water["incident_id"].tolist() == [burst["incident_id"]], water[["kind", "title"]]
     candidates = burst["candidates"]
     rank = [k for k, c in enumerate(candidates) if e.burst_link in c["links"]]
     assert rank and rank[0] < 3, [c["links"] for c in candidates]  # beside a pressure point

@@ -230,16 +230,25 @@ def test_alarms_one_by_one_join_and_clearing_all_closes():
     assert inc["asset_id"] == "A2" and inc["severity"] == "orange"  # the new head, the worst
     assert inc["alarm_ids"] == ["a5", "a3", "a2"] and inc["updated_at"] == minutes(20)
     assert out.assignments.values.tolist() == [["a2", iid]]
+    assert inc["title"] == "surcharge in the storm network from A2 (3 points in alarm)"
     # the same alarms again: nothing to do
     assert twin.step([], now=22).empty
     # A3 clears and now reads normal between A2 and A5: they no longer relate, but the
-    # incident keeps its alarms (it never splits) and stays open, unchanged
+    # incident keeps its alarms (it never splits), its point and stays open
     out = twin.step([cleared(twin.alarms["a3"], 30)], now=31)
-    assert out.empty and len(twin.open()) == 1
+    assert out.changes[["incident_id", "change", "at"]].values.tolist() == [
+        [iid, "updated", minutes(30)]
+    ]
+    inc = out.incidents.iloc[0]
+    assert inc["title"] == "surcharge in the storm network from A2 (2 of 3 points still in alarm)"
+    assert inc["asset_id"] == "A2" and len(twin.open()) == 1
+    # the head clears first: the surcharge still began at A2, its point does not move down
     out = twin.step([cleared(twin.alarms["a2"], 40)], now=41)
     assert out.changes["change"].tolist() == ["updated"]
-    assert out.incidents["severity"].iloc[0] == "yellow"
-    assert out.incidents["asset_id"].iloc[0] == "A5"
+    inc = out.incidents.iloc[0]
+    assert inc["severity"] == "yellow" and inc["asset_id"] == "A2"
+    assert (inc["x"], inc["y"]) == STORM_XY["A2"]
+    assert inc["title"] == "surcharge in the storm network from A2 (1 of 3 points still in alarm)"
     out = twin.step([cleared(twin.alarms["a5"], 50)], now=99)
     assert out.changes.values.tolist() == [[iid, "closed", minutes(50)]]
     inc = out.incidents.iloc[0]
@@ -249,6 +258,51 @@ def test_alarms_one_by_one_join_and_clearing_all_closes():
     out = twin.step([manhole("a1b", "A1", 60), manhole("a2b", "A2", 61)], now=62)
     assert out.changes["change"].tolist() == ["opened"]
     assert out.incidents["incident_id"].iloc[0] != iid
+
+
+def test_the_point_moves_only_up_to_a_newly_alarmed_node_upstream():
+    twin = Twin(storm_relations(monitored=[]))
+    twin.step([manhole("a3", "A3", 0), manhole("a5", "A5", 1)], now=2)
+    iid = twin.open()["incident_id"].iloc[0]
+    assert twin.open()["asset_id"].tolist() == ["A3"]
+    # B1 drains to A5 too, 300 m of pipe against A3's 200: by itself it would head the
+    # chain (test_flow_direction_and_gaps_decide_not_distance), but it is no further up
+    # than A3, where the surcharge began
+    out = twin.step([manhole("b1", "B1", 5)], now=6)
+    assert out.assignments.values.tolist() == [["b1", iid]]
+    inc = out.incidents.iloc[0]
+    assert inc["asset_id"] == "A3"
+    assert inc["title"] == "surcharge in the storm network from A3 (3 points in alarm)"
+    # A1 drains to A3: the surcharge reaches further up, the point moves there
+    out = twin.step([manhole("a1", "A1", 7)], now=8)
+    assert out.incidents["asset_id"].tolist() == ["A1"]
+    assert (out.incidents["x"].iloc[0], out.incidents["y"].iloc[0]) == STORM_XY["A1"]
+    # A1, A3 and A5 clear, in that order: B1 is the only one left, the point stays at A1
+    for k, aid in enumerate(["a1", "a3", "a5"]):
+        out = twin.step([cleared(twin.alarms[aid], 10 + k)], now=11 + k)
+        assert out.incidents["asset_id"].tolist() == ["A1"]
+    assert out.incidents["title"].tolist() == [
+        "surcharge in the storm network from A1 (1 of 4 points still in alarm)"
+    ]
+    # A5 rises again (a new alarm on the same gauge) and joins: still four points
+    out = twin.step([manhole("a5b", "A5", 20, severity="orange")], now=21)
+    assert out.assignments.values.tolist() == [["a5b", iid]]
+    inc = out.incidents.iloc[0]
+    assert inc["asset_id"] == "A1" and inc["severity"] == "orange"
+    assert inc["title"] == "surcharge in the storm network from A1 (2 of 4 points still in alarm)"
+
+
+def test_two_gauges_at_one_manhole_are_one_point():
+    relations = storm_relations()
+    streams = pd.concat([relations.streams, pd.DataFrame(
+        {"observed_property": ["water_level"], "tags": ["manhole"], "node": ["A2"]},
+        index=pd.Index(["wl:A2"], name="datastream_id"))])  # fmt: skip
+    relations = Relations(streams=streams, gravity=relations.gravity)
+    x, y = STORM_XY["A2"]
+    rows = [manhole("a2", "A2"), alarm("w2", "wl:A2", rule_id="high-level", network="storm",
+                                       asset_id="A2", x=x, y=y)]  # fmt: skip
+    inc = correlate(frame(rows), None, relations, now=T0).incidents.iloc[0]
+    assert inc["title"] == "surcharge in the storm network from A2 (1 point in alarm)"
 
 
 def test_same_input_same_result_and_ids_do_not_depend_on_order_or_clock():
@@ -375,7 +429,7 @@ def test_low_pressure_alone_is_a_place_incident_that_becomes_a_burst():
     assert twin.step([low("l3", "J3", 0.2)], now=1).empty  # one point: no incident
     out = twin.step([low("l5", "J5", 0.25, at=5)], now=6)
     inc = out.incidents.iloc[0]
-    assert inc["kind"] == "place" and inc["title"] == "low pressure in DMA 1 (2 points)"
+    assert inc["kind"] == "place" and inc["title"] == "low pressure in DMA 1 (2 points in alarm)"
     assert inc["asset_id"] == "J3" and inc["candidates"] == []  # J3 dropped most
     out = twin.step([inflow("q", at=8)], now=9)
     assert out.changes[["incident_id", "change"]].values.tolist() == [
@@ -396,6 +450,191 @@ def test_inflow_rise_and_pressure_at_the_same_inlet_node():
     inc = correlate(frame(rows), None, water_relations(), now=T0).incidents.iloc[0]
     assert inc["kind"] == "suspected_burst"
     assert inc["candidates"][0]["distance_m"] == 0.0
+
+
+# -- cascaded DMAs ------------------------------------------------------------------------------
+#   R ─ L0 ─ A1 ─ L1 ─ A2 ─ L2 ─ A3 ─ L7 ─ E1 ─ L8 ─ E2      DMA A fed from the source (meter MA
+#                      │                                     on L0), DMA E from A (ME on L7)
+#                      L3 ─ B1 ─ L4 ─ B2 ─ L5 ─ C1 ─ L6 ─ C2  DMA B from A (MB on L3), DMA C
+#                                                             from B (MC on L5); 200 m pipes
+CASCADE_XY = {"R": (0, 0), "A1": (200, 0), "A2": (400, 0), "A3": (600, 0), "E1": (800, 0),
+              "E2": (1000, 0), "B1": (400, -200), "B2": (400, -400), "C1": (400, -600),
+              "C2": (400, -800)}  # fmt: skip
+CASCADE_LINKS = [("R", "A1"), ("A1", "A2"), ("A2", "A3"), ("A2", "B1"), ("B1", "B2"),
+                 ("B2", "C1"), ("C1", "C2"), ("A3", "E1"), ("E1", "E2")]  # fmt: skip
+INLETS = {"A": ("L0", "A1"), "B": ("L3", "B1"), "C": ("L5", "C1"), "E": ("L7", "E1")}
+FED_FROM = {"B": ["A"], "C": ["B"], "E": ["A"]}
+
+
+def cascade(fed_from=FED_FROM) -> Relations:
+    nodes = list(CASCADE_XY)
+    graph = Network.from_ids(
+        nodes,
+        [f"L{k}" for k in range(len(CASCADE_LINKS))],
+        [u for u, _ in CASCADE_LINKS],
+        [v for _, v in CASCADE_LINKS],
+        node_xy=np.array([CASCADE_XY[n] for n in nodes], float),
+        link_length=np.full(len(CASCADE_LINKS), 200.0),
+    )
+    valves = [*INLETS.values(), ("L1", "A2"), ("L6", "C2")]
+    seg = valve_segments(
+        graph, graph.link_index([v[0] for v in valves]), graph.node_index([v[1] for v in valves])
+    )
+    zone = np.array([None if n == "R" else n[0] for n in nodes], dtype=object)
+    net = WaterNetwork(graph, zone, seg, fed_from=fed_from)
+    pressure = ["A2", "A3", "B1", "B2", "C1", "C2", "E2"]
+    streams = pd.DataFrame(
+        {
+            "observed_property": ["pressure"] * len(pressure) + ["flow"] * len(INLETS),
+            "tags": ["dma_critical"] * len(pressure) + ["dma_inlet"] * len(INLETS),
+            "node": pressure + [node for _, node in INLETS.values()],
+        },
+        index=pd.Index([f"p:{n}" for n in pressure] + [f"q:{d}" for d in INLETS],
+                       name="datastream_id"),
+    )  # fmt: skip
+    names = {d: f"DMA {d}" for d in INLETS}
+    return Relations(streams=streams, water={"water_supply": net}, zone_names=names)
+
+
+def c_low(aid: str, node: str, at: float = 0, value: float = 0.2, **kw) -> dict:
+    x, y = CASCADE_XY[node]
+    return alarm(aid, f"p:{node}", at=at, rule_id="dma-pressure-drop", kind="anomaly",
+                 network="water_supply", zone=node[0], asset_id=node, x=x, y=y, value=value,
+                 **kw)  # fmt: skip
+
+
+def c_inflow(aid: str, dma: str, at: float = 0, **kw) -> dict:
+    x, y = CASCADE_XY[INLETS[dma][1]]
+    return alarm(aid, f"q:{dma}", at=at, rule_id="dma-inflow-anomaly", kind="anomaly",
+                 network="water_supply", zone=dma, asset_id=f"M{dma}", x=x, y=y,
+                 **kw)  # fmt: skip
+
+
+def test_the_dmas_fed_through_a_dma():
+    net = cascade().water["water_supply"]
+    assert net.fed_through == {"A": {"B": 1, "C": 2, "E": 1}, "B": {"C": 1}}
+    # DMAs that feed each other (a loop) pass nothing on to each other
+    loop = cascade({"B": ["A", "C"], "C": ["B"], "A": ["A"]}).water["water_supply"]
+    assert loop.fed_through == {"A": {"B": 1, "C": 2}, "B": {}, "C": {}}
+    with pytest.raises(InvalidInput, match="fed_from"):
+        cascade({"B": "A"})
+
+
+def test_a_burst_downstream_is_one_incident_the_rises_upstream_are_passed_on():
+    twin = Twin(cascade())
+    # a burst in C: the inflow rises at C's inlet and at every inlet upstream, C's pressure
+    # drops; the upstream inlets alarm first
+    out = twin.step([c_inflow("qa", "A", 0), c_inflow("qb", "B", 1), c_inflow("qc", "C", 2),
+                     c_low("c1", "C1", 2), c_low("c2", "C2", 3, value=0.1)], now=4)  # fmt: skip
+    assert out.changes["change"].tolist() == ["opened"]
+    inc = out.incidents.iloc[0]
+    iid = inc["incident_id"]
+    assert inc["kind"] == "suspected_burst" and inc["title"] == "suspected burst in DMA C"
+    assert inc["zone"] == "C" and inc["asset_id"] == "MC"
+    assert sorted(inc["alarm_ids"]) == ["c1", "c2", "qa", "qb", "qc"]
+    # the candidates lie in C (its one valve segment with pipes), none upstream
+    assert [c["links"] for c in inc["candidates"]] == [["L6"]]
+    # an hour on, the pressure in B drops too (its mains carry C's burst): context of the same
+    # incident, which stays C's
+    out = twin.step([c_low("b1", "B1", 50), c_low("b2", "B2", 51)], now=52)
+    assert out.changes[["incident_id", "change"]].values.tolist() == [[iid, "updated"]]
+    assert sorted(out.assignments.values.tolist()) == [["b1", iid], ["b2", iid]]
+    inc = out.incidents.iloc[0]
+    assert inc[["kind", "zone", "title"]].tolist() == [
+        "suspected_burst",
+        "C",
+        "suspected burst in DMA C",
+    ]
+    # C's inflow alarm clears first: the rises upstream stay passed on (they are in C's
+    # incident); B's pressure flaps: its new alarm joins too, nothing opens for B
+    twin.step([cleared(twin.alarms["qc"], 60)], now=61)
+    out = twin.step([cleared(twin.alarms["b1"], 62), c_low("b1b", "B1", 65)], now=66)
+    assert out.assignments.values.tolist() == [["b1b", iid]]
+    assert len(twin.open()) == 1
+    inc = twin.open().iloc[0]
+    assert (inc["incident_id"], inc["zone"], inc["title"]) == (iid, "C", "suspected burst in DMA C")
+    assert inc["asset_id"] == "MC"
+    # every alarm clears: the incident closes
+    gone = [
+        cleared(twin.alarms[m], 90) for m in twin.alarms if twin.alarms[m]["status"] == "active"
+    ]
+    out = twin.step(gone, now=91)
+    assert out.changes.values.tolist() == [[iid, "closed", minutes(90)]]
+
+
+def test_without_the_cascade_each_dma_with_a_rise_is_a_suspected_burst():
+    rows = [c_inflow("qa", "A", 0), c_inflow("qb", "B", 1), c_inflow("qc", "C", 2),
+            c_low("c1", "C1", 2), c_low("b1", "B1", 3)]  # fmt: skip
+    for relations, bursts in ((cascade({}), ["B", "C"]), (cascade(), ["C"])):
+        inc = correlate(frame(rows), None, relations, now=minutes(4)).incidents
+        assert sorted(inc.loc[inc["kind"] == "suspected_burst", "zone"]) == bursts
+    # no DMA fed through B has a rise: B's rise is its own
+    rows = [c_inflow("qa", "A", 0), c_inflow("qb", "B", 1), c_low("b1", "B1", 2)]
+    inc = correlate(frame(rows), None, cascade(), now=minutes(4)).incidents
+    assert inc[["kind", "zone", "title"]].values.tolist() == [
+        ["suspected_burst", "B", "suspected burst in DMA B"]
+    ]
+    assert sorted(inc["alarm_ids"].iloc[0]) == ["b1", "qa", "qb"]  # A's rise: passed on to B
+
+
+def test_an_incident_moves_down_to_the_dma_whose_own_inflow_rose():
+    twin = Twin(cascade())
+    out = twin.step([c_low("b1", "B1", 0), c_low("b2", "B2", 1, value=0.15)], now=2)
+    inc = out.incidents.iloc[0]
+    iid = inc["incident_id"]
+    assert inc["title"] == "low pressure in DMA B (2 points in alarm)" and inc["zone"] == "B"
+    # B's inflow rises, and C's: the water goes on to C
+    out = twin.step([c_inflow("qb", "B", 5), c_inflow("qc", "C", 5)], now=6)
+    assert out.changes[["incident_id", "change"]].values.tolist() == [[iid, "updated"]]
+    inc = out.incidents.iloc[0]
+    assert inc[["kind", "zone", "title", "asset_id"]].tolist() == [
+        "place",
+        "C",
+        "high inflow into DMA C",
+        "MC",
+    ]
+    assert (inc["x"], inc["y"]) == CASCADE_XY["C1"]
+    # C's pressure drops: a suspected burst in C, with candidates in C only
+    out = twin.step([c_low("c2", "C2", 8)], now=9)
+    inc = out.incidents.iloc[0]
+    assert inc[["kind", "zone", "title"]].tolist() == [
+        "suspected_burst",
+        "C",
+        "suspected burst in DMA C",
+    ]
+    assert inc["candidates"][0]["links"] == ["L6"]
+    assert len(twin.open()) == 1
+    # a DMA fed through C (none) or beside it (E) never takes it: E's own rise is E's
+    out = twin.step([c_inflow("qe", "E", 10), c_low("e2", "E2", 10)], now=11)
+    assert out.changes["change"].tolist() == ["opened"]
+    assert out.incidents["title"].tolist() == ["suspected burst in DMA E"]
+    assert twin.open().set_index("incident_id").loc[iid, "zone"] == "C"
+
+
+def test_a_suspected_burst_called_before_the_rise_downstream_moves_down():
+    # B's inflow and pressure first: on what is known, B's own burst
+    twin = Twin(cascade())
+    out = twin.step([c_inflow("qb", "B", 0), c_low("b1", "B1", 1)], now=2)
+    iid = out.incidents["incident_id"].iloc[0]
+    assert out.incidents["title"].tolist() == ["suspected burst in DMA B"]
+    # then C's inflow rises: B's rise was C's water, the incident moves to C (still a
+    # suspected burst: a kind never goes back), B's candidates go, C's inlet is its point
+    out = twin.step([c_inflow("qc", "C", 3)], now=4)
+    inc = out.incidents.iloc[0]
+    assert inc[["incident_id", "kind", "zone", "title", "asset_id"]].tolist() == [
+        iid,
+        "suspected_burst",
+        "C",
+        "suspected burst in DMA C",
+        "MC",
+    ]
+    assert inc["candidates"] == [] and (inc["x"], inc["y"]) == CASCADE_XY["C1"]
+    # C's pressure drops: C's candidates
+    out = twin.step([c_low("c1", "C1", 5)], now=6)
+    assert [c["links"] for c in out.incidents["candidates"].iloc[0]] == [["L6"]]
+    # C's inflow alarm clears: the incident does not move back up to B
+    out = twin.step([cleared(twin.alarms["qc"], 7)], now=8)
+    assert twin.open()[["zone", "title"]].values.tolist() == [["C", "suspected burst in DMA C"]]
 
 
 # -- place incidents ---------------------------------------------------------------------------
