@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_networks.py
 	$(BIN)/python benchmarks/bench_warning.py
 	$(BIN)/python benchmarks/bench_timeseries.py
+	$(BIN)/python benchmarks/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

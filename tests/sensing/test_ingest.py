@@ -220,3 +220,18 @@ def test_unacknowledged_alarms_escalate_on_ticks_and_notify(twin_path):
         assert events.count("alarm.raised") == 2
         assert events.count("alarm.acknowledged") == 1
         assert events.count("alarm.escalation") == 1
+
+
+def test_a_silent_device_uploading_its_buffer_clears_its_alarm(twin_path):
+    """Silence raised at last reading + 30 min (10 + 30 = 40); the device then uploads what it
+    buffered from minute 15 on: the alarm clears (at 40, not before its raise at 40)."""
+    with _ingestor(twin_path) as ing:
+        ing.ingest(_obs(["PS-0:pressure"] * 3, [0, 5, 10], [0.3] * 3))
+        ing.ingest(_obs(["PS-1:pressure"], [60], [0.3]))  # the watermark moves to 60
+        silent = ing.store.alarms(rule_id="silent", source="PS-0:pressure")
+        assert len(silent) == 1 and silent.iloc[0]["status"] == "active"
+        assert silent.iloc[0]["raised_at"] == T0 + pd.Timedelta(minutes=40)
+        ing.ingest(_obs(["PS-0:pressure"] * 11, list(range(15, 70, 5)), [0.3] * 11))
+        silent = ing.store.alarms(rule_id="silent", source="PS-0:pressure")
+        assert len(silent) == 1 and silent.iloc[0]["status"] == "cleared"
+        assert silent.iloc[0]["cleared_at"] == T0 + pd.Timedelta(minutes=40)
