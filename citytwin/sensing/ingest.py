@@ -83,10 +83,11 @@ class AlarmOutcome:
     incident_changes: pd.DataFrame = field(default_factory=pd.DataFrame)
     incidents: pd.DataFrame = field(default_factory=pd.DataFrame)
     queued: int = 0
+    outbox: pd.DataFrame = field(default_factory=pd.DataFrame)  # the rows queued, with ids
 
     def add(self, other: AlarmOutcome) -> None:
         """Fold in another outcome of the same commit (escalations after events)."""
-        for name in ("changes", "alarms", "incident_changes", "incidents"):
+        for name in ("changes", "alarms", "incident_changes", "incidents", "outbox"):
             a, b = getattr(self, name), getattr(other, name)
             if len(b):
                 setattr(self, name, pd.concat([a, b], ignore_index=True) if len(a) else b)
@@ -455,8 +456,15 @@ class Ingestor:
                 )
             rows = [r for r in rows if len(r)]
             if rows:
-                outcome.queued = self.store.enqueue(pd.concat(rows, ignore_index=True))
+                self._enqueue(outcome, pd.concat(rows, ignore_index=True))
         return outcome
+
+    def _enqueue(self, outcome: AlarmOutcome, rows: pd.DataFrame) -> None:
+        """Queue notifications in this commit; keep them (with their ids) for the dispatcher,
+        which gets them in memory after the commit rather than waiting for the store."""
+        outcome.queued = self.store.enqueue(rows)
+        if outcome.queued:
+            outcome.outbox = self.store.notifications(status="pending", limit=outcome.queued)
 
     def _escalate(self, at: Any, now: dt.datetime) -> AlarmOutcome:
         outcome = AlarmOutcome()
@@ -470,7 +478,8 @@ class Ingestor:
             rows = alarm_rules.notification_rows(
                 changes.changes, changes.alarms, self.webhooks, created_at=now
             )
-            outcome.queued = self.store.enqueue(rows) if len(rows) else 0
+            if len(rows):
+                self._enqueue(outcome, rows)
         return outcome
 
     # -- state ----------------------------------------------------------------------------
@@ -531,7 +540,10 @@ class Ingestor:
     def _after_commit(self, report: CommitReport) -> None:
         out = report.outcome
         if out.queued and self.dispatcher is not None:
-            self.dispatcher.wake()
+            if hasattr(self.dispatcher, "offer"):
+                self.dispatcher.offer(out.outbox)
+            else:
+                self.dispatcher.wake()
         if self.hub is not None and len(out.changes):
             self.hub.publish_changes(out.changes, out.alarms)
             if len(out.incident_changes):

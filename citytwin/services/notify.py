@@ -200,6 +200,7 @@ class Attempt:
     ms: float
     next_attempt_at: pd.Timestamp | None
     unreachable: bool = False
+    at: pd.Timestamp | None = None
 
 
 class _Ticker:
@@ -302,6 +303,8 @@ class Dispatcher:
         # later rows of its subject to that target
         self._holds: dict[tuple[str, str], tuple[int, pd.Timestamp]] = {}
         self._holds_loaded = False
+        self._offered: list[dict[str, Any]] = []  # rows just committed, handed over in memory
+        self._finished: deque[int] = deque(maxlen=10_000)  # ids delivered or dead lately
         self._ticker = _Ticker("citytwin-dispatcher", self._round, poll_s)
 
     # -- thread ---------------------------------------------------------------------------
@@ -312,6 +315,15 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Deliver what is due now rather than at the next poll."""
+        self._ticker.wake()
+
+    def offer(self, rows: pd.DataFrame) -> None:
+        """Outbox rows just committed (with their ids): the next round delivers them without
+        waiting for the store (which the ingest's next commit may hold); what it can't take
+        now it finds in the store later, as ever."""
+        if len(rows):
+            with self._lock:
+                self._offered.extend(rows.to_dict("records"))
         self._ticker.wake()
 
     def stop(self, timeout: float | None = 10.0) -> None:
@@ -378,15 +390,25 @@ class Dispatcher:
         """The due rows to attempt now, per target in outbox order: not of a busy target, not
         behind a held row of their subject."""
         self._load_holds(now)
+        with self._lock:
+            offered, self._offered = self._offered, []
+            finished = set(self._finished)
         limit = self.batch
         while True:
-            rows = self.store.due_notifications(now, limit)
+            if offered:
+                rows = pd.DataFrame([r for r in offered if r["id"] not in finished])
+                if not len(rows):
+                    return {}
+            else:
+                rows = self.store.due_notifications(now, limit)
             lanes: dict[str, list[dict[str, Any]]] = {}
             heads: set[tuple[str, str | None]] = set()  # held keys whose head is due now
             with self._lock:
                 for row in sorted(rows.to_dict("records"), key=lambda r: r["id"]):
                     target = row["target"]
                     if target in self._busy:
+                        if offered:  # its lane is running: taken when that lane is done
+                            self._offered.append(row)
                         continue
                     row["subject"] = _subject(row["payload"])
                     key = (target, row["subject"])
@@ -399,7 +421,7 @@ class Dispatcher:
                     lanes.setdefault(target, []).append(row)
                 self._busy.update(lanes)  # taken: no other round runs these targets
             # everything due was held or busy and there may be more: look further
-            if lanes or len(rows) < limit or limit >= 64 * self.batch:
+            if offered or lanes or len(rows) < limit or limit >= 64 * self.batch:
                 return lanes
             limit *= 4
 
@@ -455,16 +477,19 @@ class Dispatcher:
             log.exception("webhook %s: delivery round failed", target)
             raise
         finally:
+            self._record(done)
             with self._lock:
                 self._busy.discard(target)
-            if len(done) < len(rows):
-                self._ticker.wake()  # what this lane left is still due
+                self._finished.extend(a.outbox_id for a in done if a.ok or a.dead)
+                more = bool(self._offered)
+            if len(done) < len(rows) or more:
+                self._ticker.wake()  # what this lane left (or skipped while busy) is due
         return done
 
     def _attempt(
         self, row: dict[str, Any], hook: Webhook | None, stamp: Callable[[], pd.Timestamp]
     ) -> Attempt:
-        """POST one row, record the attempt in the store."""
+        """POST one row; the attempt (recorded with the lane's others by ``_record``)."""
         oid, target = int(row["id"]), row["target"]
         status: int | None = None
         error: str | None = None
@@ -504,21 +529,30 @@ class Dispatcher:
             if retry_after is not None:
                 delay = max(delay, retry_after)
             next_at = at + pd.Timedelta(seconds=delay)
-        self.store.record_delivery(
-            oid,
-            at=at,
-            ok=ok,
-            status_code=status,
-            error=error,
-            next_attempt_at=next_at,
-            dead=dead,
-            ms=ms,
-        )
         if dead:
             log.warning(
                 "webhook %s: delivery %s dead after %d attempts: %s", target, oid, attempts, error
             )
-        return Attempt(oid, target, ok, dead, status, error, ms, next_at, unreachable)
+        return Attempt(oid, target, ok, dead, status, error, ms, next_at, unreachable, at)
+
+    def _record(self, attempts: list[Attempt]) -> None:
+        """Log a lane's attempts in one store transaction (after its POSTs, so a delivery never
+        waits for the ingest's commit in progress; a crash in between re-sends them: at least
+        once, receivers dedupe on the delivery id)."""
+        if not attempts:
+            return
+        with self.store.transaction():
+            for a in attempts:
+                self.store.record_delivery(
+                    a.outbox_id,
+                    at=a.at,
+                    ok=a.ok,
+                    status_code=a.status_code,
+                    error=a.error,
+                    next_attempt_at=a.next_attempt_at,
+                    dead=a.dead,
+                    ms=a.ms,
+                )
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -132,6 +133,49 @@ _BASE_SQL = (
 )
 
 
+class FairRLock:
+    """A re-entrant lock granted in the order it was asked for. The store's one connection
+    is shared by the ingest committer (which asks again the moment it lets go) and by readers
+    and the webhook dispatcher: with a plain RLock they could wait for many commits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: deque[int] = deque()
+
+    def acquire(self) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._waiting:
+                self._owner, self._depth = me, 1
+                return True
+            self._waiting.append(me)
+            while self._owner is not None or self._waiting[0] != me:
+                self._cond.wait()
+            self._waiting.popleft()
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a lock this thread does not hold")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def spatial_extension_path() -> Path:
     """The spatial extension shipped by the ``duckdb-extension-spatial`` wheel for this DuckDB."""
     import duckdb_extension_spatial
@@ -167,7 +211,7 @@ class DuckDBStore(EventStoreMixin, Store):
         self.con = con
         self.path = path
         self._depth = 0
-        self._lock = threading.RLock()
+        self._lock = FairRLock()
         self._rows: dict[str, int] = {}
         meta = self.get_document("twin")
         if meta is None:
