@@ -72,3 +72,31 @@ def mqtt_names(mqtt_broker):
         sorted(names.client_ids | {f"{names.client_prefix}-{i}" for i in range(4)}),
         *mqtt_broker,
     )
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    """(host, port) of a Mosquitto of this test's own, publishing its $SYS figures every
+    second (the system broker's counters are shared with every other client and change only
+    every 10 s)."""
+    if shutil.which("mosquitto") is None:
+        pytest.fail("Mosquitto is not installed (apt-get install mosquitto)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\npersistence false\n"
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while not _listening("127.0.0.1", port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"a private mosquitto did not listen on 127.0.0.1:{port}")
+        time.sleep(0.05)
+    yield "127.0.0.1", port
+    proc.terminate()
+    proc.wait(10)

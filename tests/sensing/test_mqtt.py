@@ -355,16 +355,20 @@ def test_no_puback_before_the_commit(ingestor, make_mqtt, mqtt_broker, mqtt_name
     assert same_readings(stored(ingestor.store), frame)
 
 
-def test_what_the_broker_drops_over_its_queue_limit_is_reported(make_mqtt, mqtt_broker, mqtt_names):
+def test_what_the_broker_drops_over_its_queue_limit_is_reported(private_broker, mqtt_names):
     """Mosquitto's default queue limit (1000 messages per session above those in flight) drops
     messages while it PUBACKs their publisher; the ingest reports the count the broker
-    publishes ($SYS, every 10 s), so it is not silent (the broker's setting is the fix)."""
-    m = make_mqtt(StalledIngestor(), workers=1, receive_maximum=10)
-    frame = readings(IDS, 92)  # 1,104 messages: 10 in flight, 1000 queued, 94 dropped
-    assert publish_frames(frame, *mqtt_broker, prefix=mqtt_names.prefix, bulk=False) == 1104
-    wait_until(lambda: m.stats.broker_dropped >= 94, timeout=40, what="the broker's count")
-    assert m.stats.messages == 10
-    m.stop(timeout=0.1)
+    publishes ($SYS), so it is not silent (the broker's setting is the fix)."""
+    m = MqttIngest(StalledIngestor(), *private_broker, workers=1, receive_maximum=10,
+                   **mqtt_names.options()).start()  # fmt: skip
+    try:
+        frame = readings(IDS, 92)  # 1,104 messages: 10 in flight, 1000 queued, 94 dropped
+        sent = publish_frames(frame, *private_broker, prefix=mqtt_names.prefix, bulk=False)
+        assert sent == 1104
+        wait_until(lambda: m.stats.broker_dropped >= 94, timeout=30, what="the broker's count")
+        assert m.stats.messages == 10
+    finally:
+        m.stop(timeout=0.1)
 
 
 def test_a_failed_commit_is_retried_and_a_poison_message_dead_lettered(
