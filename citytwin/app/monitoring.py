@@ -48,6 +48,7 @@ from citytwin.warning.alarms import (
     operator_changes,
     parse_escalation_policy,
     parse_webhooks,
+    twin_webhooks,
 )
 from citytwin.warning.baseline import Baseline, build_baseline
 from citytwin.warning.engine import Catalog
@@ -566,9 +567,7 @@ class AlarmDesk:
         owns_store: bool = False,
     ) -> None:
         self.store = store
-        self.webhooks = list(webhooks) if webhooks is not None else list(
-            parse_webhooks(store.get_document(WEBHOOKS_DOCUMENT) or {"webhooks": []})
-        )
+        self.webhooks = list(webhooks if webhooks is not None else twin_webhooks(store))
         self.hub = hub
         self.dispatcher = dispatcher
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))

@@ -43,16 +43,13 @@ from citytwin.sensing.model import OBSERVATION_COLUMNS
 from citytwin.store.base import REJECT_SOURCES, Store, StreamQuery
 from citytwin.warning import alarms as alarm_rules
 from citytwin.warning.baseline import Baseline
-from citytwin.warning.engine import EVENT_COLUMNS, Catalog, EngineState, evaluate
+from citytwin.warning.engine import EVENT_COLUMNS, Catalog, Engine, EngineState, evaluate
 from citytwin.warning.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
 STATE_DOCUMENT = "warning/state"
 """Where the engine state is checkpointed (with the ingest sequence it covers)."""
-RULES_DOCUMENT = "rules/warning"
-"""A twin's own early-warning rules (the rule file's content), when it keeps them."""
-WEBHOOKS_DOCUMENT = "notify/webhooks"
 _CONTEXT = ("network", "zone", "x", "y")
 
 
@@ -155,7 +152,9 @@ class Ingestor:
         self.store = store
         self.rules = rules
         self.baseline = baseline
-        self.webhooks = webhooks if webhooks is not None else _webhooks(store)
+        self.webhooks = list(
+            webhooks if webhooks is not None else alarm_rules.twin_webhooks(store)
+        )
         self.escalation = escalation
         self.correlator = correlator
         self.hub = hub
@@ -402,8 +401,6 @@ class Ingestor:
 
     def _reload(self, rules: RuleSet | None) -> pd.DataFrame:
         assert rules is not None and self._catalog is not None
-        from citytwin.warning.engine import Engine
-
         engine = Engine(self.rules or rules, self._catalog, state=self.state)
         events = engine.reload(rules)
         self.rules, self.state = rules, engine.state
@@ -569,6 +566,3 @@ def _no_events() -> pd.DataFrame:
     return pd.DataFrame(columns=list(EVENT_COLUMNS))
 
 
-def _webhooks(store: Store) -> list[Any]:
-    doc = store.get_document(WEBHOOKS_DOCUMENT)
-    return alarm_rules.parse_webhooks(doc) if doc else []

@@ -70,6 +70,7 @@ from citytwin.warning.alarms import (
     jsonable,
     notification_rows,
     parse_webhooks,
+    twin_webhooks,
 )
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,8 @@ def signed_headers(
 
 
 # -- subscriptions ----------------------------------------------------------------------------
-def load_webhooks(store: Store) -> tuple[Webhook, ...]:
-    """The webhook subscriptions stored in the twin (``notify/webhooks``; none if missing)."""
-    return parse_webhooks(store.get_document(WEBHOOKS_DOCUMENT))
+load_webhooks = twin_webhooks
+"""The webhook subscriptions stored in the twin (``notify/webhooks``; none if missing)."""
 
 
 def save_webhooks(store: Store, document: Mapping[str, Any]) -> tuple[Webhook, ...]:

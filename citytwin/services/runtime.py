@@ -36,7 +36,7 @@ from citytwin.sensing.ingest import Ingestor
 from citytwin.services.notify import Dispatcher, EventHub
 from citytwin.store import open_store
 from citytwin.store.base import Store
-from citytwin.warning.alarms import parse_webhooks
+from citytwin.warning.alarms import twin_webhooks
 from citytwin.warning.rules import load_rules
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class MonitoringService:
         if webhooks:
             keep_webhooks(store, webhooks)
         ruleset = load_rules(rules) if rules is not None else twin_rules(store)
-        hooks = parse_webhooks(store.get_document("notify/webhooks") or {"webhooks": []})
+        hooks = twin_webhooks(store)
         hub = EventHub()
         dispatcher = Dispatcher(store, hooks)
         ingestor = Ingestor(
@@ -253,11 +253,6 @@ def _answer(response: httpx.Response) -> Any:
         raise InvalidInput(f"the service answered {response.status_code}: {message}")
     return response.json()
 
-
-def utc(t: Any) -> dt.datetime:
-    """An aware UTC datetime of anything pandas reads as a time."""
-    ts = pd.Timestamp(t)
-    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
 
 
 # -- replay ------------------------------------------------------------------------------------

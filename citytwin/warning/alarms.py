@@ -737,6 +737,12 @@ class Webhook:
         return severity is None or _RANK.get(severity, -1) >= _RANK[self.min_severity]
 
 
+def twin_webhooks(store: Any) -> tuple[Webhook, ...]:
+    """The webhooks a twin keeps (its ``notify/webhooks`` document; none without one).
+    ``store``: anything with ``get_document`` (the store hands its document over)."""
+    return parse_webhooks(store.get_document(WEBHOOKS_DOCUMENT))
+
+
 def parse_webhooks(document: Mapping[str, Any] | None) -> tuple[Webhook, ...]:
     """The webhooks of a ``notify/webhooks`` document, ``{"webhooks": [{"name", "url",
     "secret", "events": [...] or ["*"], "min_severity": "blue", "enabled": true}]}``,
