@@ -64,6 +64,34 @@ class NotFound(CityTwinError):
         super().__init__(message + (f" — {hint}" if hint else ""))
 
 
+class Unauthorized(CityTwinError):
+    """A request without valid credentials (HTTP 401): none given, unknown, expired or revoked."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message + (f" — {hint}" if hint else ""))
+
+
+class Forbidden(CityTwinError):
+    """Valid credentials that do not grant what was asked (HTTP 403)."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message + (f" — {hint}" if hint else ""))
+
+
+class RateLimited(CityTwinError):
+    """Too many requests for a key's rate limit (HTTP 429); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        self.retry_after = retry_after
+        super().__init__(message + (f" — {hint}" if hint else ""))
+
+
 def yaml_error(exc: Exception, source: str) -> InvalidInput:
     """A YAML parser's error as ``InvalidInput`` naming the file and the line."""
     mark = getattr(exc, "problem_mark", None)

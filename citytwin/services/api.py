@@ -1,4 +1,10 @@
-"""The HTTP service (FastAPI): SensorThings ingestion, alarms and incidents, the event stream.
+"""The HTTP service (FastAPI) of a twin: its data services and its monitoring, in one app.
+
+``create_app(ctx)`` composes the routers of ``services``: OGC API Features (``features``),
+Tiles (``tiles``), Processes (``processes``), the SensorThings read side (``sensorthings``), the
+catalogue (``catalogue``), credentials and audit (``access``), and the operations console
+(``citytwin.web``), all answering through the same authentication, access policy and audit.
+This module adds the monitoring side:
 
 - ``POST /v1.1/Observations`` (the Datastream in the body), ``POST /v1.1/Datastreams(<id>)/
   Observations`` and ``POST /v1.1/CreateObservations`` (the DataArray extension) — the create
@@ -20,6 +26,7 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,9 +36,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from citytwin.errors import InvalidInput, NotFound
+from citytwin.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
 from citytwin.sensing import payloads
 from citytwin.sensing.ingest import Ingestor, IngestResult
+from citytwin.services.access import AccessControl
+from citytwin.services.catalogue import Catalogue
+from citytwin.store.base import Store
 
 API_PREFIX = "/v1.1"
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -56,34 +66,71 @@ def _plain(v: Any) -> Any:
     raise TypeError(type(v).__name__)
 
 
+@dataclass
+class ServiceContext:
+    """What the routers of one app share. ``ingestor``, ``hub`` and ``desk`` are there when the
+    app also runs the twin's monitoring; ``registry`` (credentials), ``audit`` and ``jobs`` (the
+    processes' job runner) are filled in by their modules when the app is made."""
+
+    store: Store
+    catalogue: Catalogue
+    access: AccessControl
+    ingestor: Ingestor | None = None
+    hub: Any = None
+    desk: Any = None
+    registry: Any = None
+    audit: Any = None
+    jobs: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, store: Store, **parts: Any) -> ServiceContext:
+        """A context over ``store`` with its catalogue and access policies."""
+        catalogue = Catalogue.of(store)
+        return cls(store, catalogue, AccessControl(catalogue, store), **parts)
+
+
 def create_app(
-    ingestor: Ingestor,
+    ctx: ServiceContext,
     *,
-    hub: Any = None,
-    monitoring: Any = None,
     on_start: Callable[[], Any] | None = None,
     on_stop: Callable[[], Any] | None = None,
 ) -> FastAPI:
-    """The service around an ``Ingestor``. ``hub``: the SSE ``EventHub``; ``monitoring``: the
-    alarm operations (``citytwin.app.monitoring.AlarmDesk``); ``on_start`` / ``on_stop``:
-    what starts and stops with the app (default: the ingestor alone)."""
+    """The twin's service. ``on_start`` / ``on_stop``: what starts and stops with the app
+    (default: the ingestor alone, when there is one)."""
+    from citytwin import web
+    from citytwin.services import access, catalogue, features, processes, sensorthings, tiles
+
+    ingestor = ctx.ingestor
+    start = on_start or (ingestor.start if ingestor is not None else None)
+    stop = on_stop or (ingestor.stop if ingestor is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(on_start or ingestor.start)
+        if start is not None:
+            await asyncio.to_thread(start)
         try:
             yield
         finally:
-            await asyncio.to_thread(on_stop or ingestor.stop)
+            for part in (ctx.jobs, ctx.audit):
+                if part is not None and hasattr(part, "close"):
+                    await asyncio.to_thread(part.close)
+            if stop is not None:
+                await asyncio.to_thread(stop)
 
     app = FastAPI(
         title="CityTwin",
-        summary="SensorThings ingestion, alarms and incidents of a city's digital twin",
+        summary="Data services (OGC API Features, Tiles, Processes; SensorThings API), alarms"
+        " and the operations console of a city's digital twin",
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        openapi_url="/api",
+        docs_url="/api.html",
+        redoc_url=None,
     )
+    app.state.ctx = ctx
     app.state.ingestor = ingestor
-    app.state.hub = hub
+    app.state.hub = ctx.hub
 
     @app.exception_handler(InvalidInput)
     async def invalid(request: Request, exc: InvalidInput) -> Response:
@@ -93,6 +140,22 @@ def create_app(
     async def not_found(request: Request, exc: NotFound) -> Response:
         return _error(404, exc)
 
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> Response:
+        response = _error(401, exc)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="citytwin"'
+        return response
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return _error(403, exc)
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> Response:
+        response = _error(429, exc)
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
@@ -101,7 +164,42 @@ def create_app(
             {"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=400
         )
 
-    # -- SensorThings create ----------------------------------------------------------------
+    access.install(app, ctx)
+    for module in (features, tiles, processes, sensorthings, catalogue):
+        app.include_router(module.router(ctx))
+    web.mount(app, ctx)
+    if ingestor is not None:
+        _ingest_routes(app, ingestor)
+    if ctx.desk is not None:
+        _alarm_routes(app, ctx.desk)
+    if ctx.hub is not None:
+        from citytwin.services.notify import sse_response
+
+        @app.get("/events")
+        async def events(request: Request) -> Response:
+            """Alarm and incident changes as server-sent events (resume with Last-Event-ID)."""
+            return sse_response(ctx.hub, request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        if ingestor is None:
+            return {"status": "ok"}
+        s = ingestor.stats
+        return {
+            "status": "ok",
+            "commits": s.commits,
+            "observations": s.observations,
+            "inserted": s.inserted,
+            "events": s.events,
+            "alarm_changes": s.alarm_changes,
+        }
+
+    return app
+
+
+def _ingest_routes(app: FastAPI, ingestor: Ingestor) -> None:
+    """The SensorThings create side."""
+
     @app.post(API_PREFIX + "/Observations", status_code=201)
     async def create_observation(request: Request) -> Response:
         doc = payloads.loads(await _body(request), source="Observations")
@@ -123,31 +221,6 @@ def create_app(
             f"POST {API_PREFIX}/{path} is not a create endpoint here",
             hint="POST Observations, Datastreams(<id>)/Observations or CreateObservations",
         )
-
-    # -- alarms and incidents ---------------------------------------------------------------
-    if monitoring is not None:
-        _alarm_routes(app, monitoring)
-    if hub is not None:
-        from citytwin.services.notify import sse_response
-
-        @app.get("/events")
-        async def events(request: Request) -> Response:
-            """Alarm and incident changes as server-sent events (resume with Last-Event-ID)."""
-            return sse_response(hub, request)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        s = ingestor.stats
-        return {
-            "status": "ok",
-            "commits": s.commits,
-            "observations": s.observations,
-            "inserted": s.inserted,
-            "events": s.events,
-            "alarm_changes": s.alarm_changes,
-        }
-
-    return app
 
 
 async def _body(request: Request) -> bytes:

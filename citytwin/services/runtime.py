@@ -138,15 +138,10 @@ class MonitoringService:
 
     def http_app(self) -> Any:
         """The FastAPI app (starting and stopping this service with it)."""
-        from citytwin.services.api import create_app
+        from citytwin.services.api import ServiceContext, create_app
 
-        return create_app(
-            self.ingestor,
-            hub=self.hub,
-            monitoring=self.desk,
-            on_start=self.start,
-            on_stop=self.stop,
-        )
+        ctx = ServiceContext.of(self.store, ingestor=self.ingestor, hub=self.hub, desk=self.desk)
+        return create_app(ctx, on_start=self.start, on_stop=self.stop)
 
     def describe(self) -> str:
         rules = self.ingestor.rules

@@ -469,7 +469,7 @@ def test_replayed_into_the_ingestor_alarms_and_incidents_follow_the_events(live_
 
 
 def test_replayed_over_http_the_readings_are_stored(live_twin, scenario):
-    from citytwin.services.api import create_app
+    from citytwin.services.api import ServiceContext, create_app
 
     part = scenario.observations.iloc[:3000]
     small = Scenario(
@@ -478,7 +478,7 @@ def test_replayed_over_http_the_readings_are_stored(live_twin, scenario):
     )  # fmt: skip
     with open_store(live_twin) as store:
         ing = Ingestor(store, RULES, baseline=scenario.baseline())
-        with TestClient(create_app(ing)) as client:
+        with TestClient(create_app(ServiceContext.of(store, ingestor=ing))) as client:
             sink = HttpSink(str(client.base_url), client=client)
             report = replay(small, sink, speedup=math.inf, every="5min")
             assert report.accepted == len(part) and report.rejected == 0
