@@ -53,6 +53,23 @@ def build_demo(folder: Path, console: Console) -> Path:
     return path
 
 
+def serve_demo(path: Path, port: int, console: Console) -> None:
+    """Serve the demo twin (``citytwin serve``) with one more hour of its sensors replayed
+    live at 20× (the readings' own clock), and print the console's address."""
+    from citytwin.services.runtime import MonitoringService
+
+    service = MonitoringService.open(path, clock="data")
+    service.serve(
+        "127.0.0.1",
+        port,
+        replay_hours=1.0,
+        speedup=20.0,
+        banner=lambda text: console.print(
+            f"\n[bold]the demo city is served[/bold] (Ctrl-C stops):\n{text}"
+        ),
+    )
+
+
 def replay_demo(path: Path, png: Path) -> list[str]:
     """Four hours of the city's sensors through the ingest pipeline (a 20-year storm at hour 1,
     a gas leak at hour 2, a main burst at hour 3, as fast as it goes), then a map of the alarms

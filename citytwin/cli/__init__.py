@@ -26,6 +26,7 @@ from citytwin.cli.common import (
 )
 from citytwin.cli.network import network_app
 from citytwin.cli.sense import alarms_app, sense_app
+from citytwin.cli.sense import serve as serve_twin
 from citytwin.errors import CityTwinError
 from citytwin.model import LAYERS, TwinMeta
 
@@ -393,13 +394,24 @@ def query(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo twin.")] = Path("demo"),
+    serve: Annotated[
+        bool,
+        typer.Option(
+            help="Then serve it (data services, the operations console) with a live replay "
+            "of its sensors, until Ctrl-C."
+        ),
+    ] = True,
+    port: Annotated[int, typer.Option(help="Port of the served demo.")] = 8000,
 ) -> None:
-    """Build the default virtual city (4 km²), check it with EPANET and SWMM, and map it."""
-    from citytwin.demo import build_demo
+    """Build the default virtual city (4 km²), check it with EPANET and SWMM, map it, replay
+    its sensors through the early-warning pipeline, and serve it with the console."""
+    from citytwin.demo import build_demo, serve_demo
 
     def body() -> None:
         os.makedirs(out, exist_ok=True)
-        build_demo(out, console)
+        path = build_demo(out, console)
+        if serve:
+            serve_demo(path, port, console)
 
     run(body)
 
@@ -429,6 +441,7 @@ def synth(
 
 app.add_typer(network_app, name="network")
 app.add_typer(sense_app, name="sense")
+app.command("serve")(serve_twin)
 app.add_typer(alarms_app, name="alarms")
 
 if __name__ == "__main__":

@@ -112,27 +112,33 @@ def serve(
         typer.Option(help="Also consume MQTT from this broker (HOST:PORT) in the same process."),
     ] = None,
     workers: Annotated[int, typer.Option(help="MQTT ingest workers (shared subscription).")] = 2,
+    replay_hours: Annotated[
+        float,
+        typer.Option(
+            "--replay",
+            help="Replay this many hours of the virtual city's sensors (a storm, a gas leak, a "
+            "main burst) into the running service, ending now (0: none; use --clock data).",
+        ),
+    ] = 0.0,
+    speedup: Annotated[float, typer.Option(help="Pace of --replay (times real time).")] = 30.0,
 ) -> None:
-    """Serve SensorThings ingestion (HTTP), alarms, incidents and the event stream."""
-    import uvicorn
+    """Serve the twin: OGC API Features, Tiles and Processes, the SensorThings API (read and
+    ingestion), the catalogue, alarms, incidents, the event stream and the operations
+    console."""
 
     def body() -> None:
+        if replay_hours < 0 or not speedup > 0:
+            raise InvalidInput("--replay and --speedup must be positive")
         service = _service(twin, rules, clock, webhook)
-        app = service.http_app()
         if mqtt:
             service.add_mqtt(*_host_port(mqtt), workers=workers)
-        console.print(
-            f"serving {twin} on http://{host}:{port} ({service.describe()}); Ctrl-C stops"
+        service.serve(
+            host,
+            port,
+            replay_hours=replay_hours,
+            speedup=speedup,
+            banner=lambda text: console.print(f"serving {twin}; Ctrl-C stops\n{text}"),
         )
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        handle_exit = server.handle_exit
-
-        def close_streams_then_exit(sig: int, frame: Any) -> None:
-            service.hub.close()  # open event streams would hold the shutdown
-            handle_exit(sig, frame)
-
-        server.handle_exit = close_streams_then_exit  # type: ignore[method-assign]
-        server.run()
 
     run(body)
 

@@ -136,12 +136,84 @@ class MonitoringService:
 
         self.mqtt = MqttIngest(self.ingestor, host, port, workers=workers, **options)
 
-    def http_app(self) -> Any:
-        """The FastAPI app (starting and stopping this service with it)."""
+    def http_app(self, on_started: Callable[[], Any] | None = None) -> Any:
+        """The FastAPI app (starting and stopping this service with it; ``on_started`` runs
+        once the service has started)."""
         from citytwin.services.api import ServiceContext, create_app
 
+        def start() -> None:
+            self.start()
+            if on_started is not None:
+                on_started()
+
         ctx = ServiceContext.of(self.store, ingestor=self.ingestor, hub=self.hub, desk=self.desk)
-        return create_app(ctx, on_start=self.start, on_stop=self.stop)
+        return create_app(ctx, on_start=start, on_stop=self.stop)
+
+    def replay_live(
+        self, hours: float, *, speedup: float, end: dt.datetime | None = None, **events: Any
+    ) -> threading.Thread:
+        """Replay the virtual city's scenario into this running service in the background:
+        ``hours`` of readings ending at ``end`` (default: now, so that no reading is in the
+        future), paced at ``speedup`` times real time; ``events`` as for ``scenario_spec``
+        (default: a storm, a gas leak and a main burst spread over the window). Returns the
+        thread (a daemon)."""
+        from citytwin.sensing.replay import IngestorSink, build_scenario, replay
+
+        end_at = pd.Timestamp(end or dt.datetime.now(dt.UTC)).floor("min")
+        start = (end_at - pd.Timedelta(hours=hours)).to_pydatetime()
+        for name, share in (("storm_at", 0.15), ("gas_at", 0.4), ("burst_at", 0.6)):
+            events.setdefault(name, hours * share)
+        spec = scenario_spec(start, hours, **events)
+
+        def run() -> None:
+            try:
+                scenario = build_scenario(self.store, spec)
+                done = replay(scenario, IngestorSink(self.ingestor), speedup=speedup)
+                log.info("live replay done: %d readings", done.readings)
+            except Exception:
+                log.exception("live replay failed")
+
+        thread = threading.Thread(target=run, name="citytwin-replay", daemon=True)
+        thread.start()
+        return thread
+
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        replay_hours: float = 0.0,
+        speedup: float = 30.0,
+        banner: Callable[[str], Any] | None = None,
+    ) -> None:
+        """Serve the twin's app with uvicorn until interrupted (Ctrl-C / SIGTERM), optionally
+        replaying ``replay_hours`` of the virtual city's sensors into it; ``banner`` hears the
+        addresses once the service listens."""
+        import uvicorn
+
+        base = f"http://{host}:{port}"
+
+        def started() -> None:
+            if replay_hours:
+                self.replay_live(replay_hours, speedup=speedup)
+            if banner is not None:
+                banner(
+                    f"  console      {base}/console/\n"
+                    f"  OGC API      {base}/   (OpenAPI: {base}/api.html)\n"
+                    f"  SensorThings {base}/v1.1\n"
+                    f"  ({self.describe()})"
+                )
+
+        app = self.http_app(started)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        handle_exit = server.handle_exit
+
+        def close_streams_then_exit(sig: int, frame: Any) -> None:
+            self.hub.close()  # open event streams would hold the shutdown
+            handle_exit(sig, frame)
+
+        server.handle_exit = close_streams_then_exit  # type: ignore[method-assign]
+        server.run()
 
     def describe(self) -> str:
         rules = self.ingestor.rules
@@ -251,6 +323,35 @@ def _answer(response: httpx.Response) -> Any:
 
 
 # -- replay ------------------------------------------------------------------------------------
+def scenario_spec(
+    start: dt.datetime,
+    hours: float,
+    *,
+    burst: str | None = None,
+    burst_at: float | None = 3.0,
+    storm: float | None = 20.0,
+    storm_at: float = 1.0,
+    gas_at: float | None = 2.0,
+    seed: int = 1,
+) -> Any:
+    """The replay scenario's spec: events at hours after ``start`` (None: not this time)."""
+    from citytwin.sensing.replay import Burst, GasLeak, ScenarioSpec, Storm
+
+    at = pd.Timestamp(start)
+
+    def hours_in(h: float) -> dt.datetime:
+        return (at + pd.Timedelta(hours=h)).to_pydatetime()
+
+    return ScenarioSpec(
+        start=at.to_pydatetime(),
+        hours=hours,
+        storm=Storm(return_period=storm, at=hours_in(storm_at)) if storm else None,
+        burst=Burst(link=burst, at=hours_in(burst_at)) if burst_at is not None else None,
+        gas=GasLeak(at=hours_in(gas_at)) if gas_at is not None else None,
+        seed=seed,
+    )
+
+
 def run_replay(
     twin: str | Path,
     *,
@@ -275,29 +376,16 @@ def run_replay(
     running service holds its twin, so give a copy then). The weeks of history the anomaly
     rules need go first. Returns lines to print."""
     from citytwin.app.monitoring import provision_datastreams
-    from citytwin.sensing.replay import (
-        Burst,
-        GasLeak,
-        HttpSink,
-        IngestorSink,
-        MqttSink,
-        ScenarioSpec,
-        Storm,
-        build_scenario,
-        replay,
-    )
+    from citytwin.sensing.replay import HttpSink, IngestorSink, MqttSink, build_scenario, replay
 
-    at = pd.Timestamp(start)
-
-    def hours_in(h: float) -> dt.datetime:
-        return (at + pd.Timedelta(hours=h)).to_pydatetime()
-
-    spec = ScenarioSpec(
-        start=at.to_pydatetime(),
-        hours=hours,
-        storm=Storm(return_period=storm, at=hours_in(storm_at)) if storm else None,
-        burst=Burst(link=burst, at=hours_in(burst_at)) if burst_at is not None else None,
-        gas=GasLeak(at=hours_in(gas_at)) if gas_at is not None else None,
+    spec = scenario_spec(
+        start,
+        hours,
+        burst=burst,
+        burst_at=burst_at,
+        storm=storm,
+        storm_at=storm_at,
+        gas_at=gas_at,
         seed=seed,
     )
     remote = to != "direct"
