@@ -44,6 +44,8 @@ from bench_store import CACHE, CRS, import_in_subprocess, tiled_buildings
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = CACHE / "pygeoapi-venv"
 PG = {"host": "127.0.0.1", "port": "5432", "user": "postgres", "db": "citytwin_bench_features"}
+HELSINKI_ORIGIN = (370_000.0, 6_660_000.0)
+"""Where the tiled footprints start (EPSG:3067): west of central Helsinki."""
 CONNECTIONS = 16
 PER_WINDOW = 100
 
@@ -87,6 +89,17 @@ def psql(sql: str, db: str = "postgres", stdin: Path | None = None) -> str:
         return subprocess.run(
             cmd, stdin=f, check=True, capture_output=True, text=False
         ).stdout.decode()
+
+
+def helsinki_buildings(count: int) -> tuple[gpd.GeoDataFrame, Path]:
+    """``count`` footprints tiled around Helsinki (``bench_store.tiled_buildings`` puts them at
+    the CRS's origin; here they are moved back to where Helsinki is), and their GeoParquet."""
+    parquet = CACHE / f"helsinki-buildings-{count}.parquet"
+    if not parquet.exists():
+        frame = tiled_buildings(count)
+        frame["geometry"] = frame.geometry.translate(*HELSINKI_ORIGIN)
+        frame.to_parquet(parquet, write_covering_bbox=True, row_group_size=65_536)
+    return gpd.read_parquet(parquet), parquet
 
 
 # -- the peer: pygeoapi ------------------------------------------------------------------------
@@ -133,20 +146,23 @@ def load_postgis(buildings: gpd.GeoDataFrame) -> None:
         csv = Path(tmp) / "b.csv"
         frame = wgs.drop(columns="geometry").assign(wkb=wgs.geometry.to_wkb(hex=True))
         frame.to_csv(csv, index=False, header=False)
+        psql(f"DROP TABLE IF EXISTS {table}_load", PG["db"])
         psql(
             f"CREATE TABLE {table}_load (id text, floors int, height double precision,"
             f" use text, year_built int, wkb text)",
             PG["db"],
         )
         psql(f"COPY {table}_load FROM STDIN WITH (FORMAT csv)", PG["db"], stdin=csv)
-    psql(
+    for sql in (
         f"CREATE TABLE {table} AS SELECT id, floors, height, use, year_built,"
-        f" ST_SetSRID(ST_GeomFromWKB(decode(wkb, 'hex')), 4326)::geometry(Polygon, 4326) AS geom"
-        f" FROM {table}_load; DROP TABLE {table}_load;"
-        f" ALTER TABLE {table} ADD PRIMARY KEY (id);"
-        f" CREATE INDEX ON {table} USING gist (geom); VACUUM ANALYZE {table};",
-        PG["db"],
-    )
+        f" ST_SetSRID(ST_GeomFromWKB(decode(wkb, 'hex')), 4326)::geometry(Polygon, 4326)"
+        f" AS geom FROM {table}_load",
+        f"DROP TABLE {table}_load",
+        f"ALTER TABLE {table} ADD PRIMARY KEY (id)",
+        f"CREATE INDEX ON {table} USING gist (geom)",
+        f"VACUUM ANALYZE {table}",
+    ):
+        psql(sql, PG["db"])
     print(f"loaded {len(buildings):,} buildings into PostGIS in {time.perf_counter() - t:.0f} s")
 
 
@@ -352,13 +368,11 @@ def main() -> None:
             sys.exit(f"{tool} is missing (apt-get install wrk postgresql-client)")
 
     CACHE.mkdir(exist_ok=True)
-    parquet = CACHE / f"buildings-{args.count}.parquet"
-    if not parquet.exists():
-        tiled_buildings(args.count).to_parquet(parquet, write_covering_bbox=True)
-    buildings = gpd.read_parquet(parquet)
+    buildings, parquet = helsinki_buildings(args.count)
     twin = CACHE / f"features-{args.count}.twin"
     if not twin.exists():
-        result = import_in_subprocess(parquet, twin, tuple(buildings.total_bounds))
+        extent = tuple(float(v) for v in buildings.total_bounds)
+        result = import_in_subprocess(parquet, twin, extent)
         print(f"twin: imported {args.count:,} buildings in {result['seconds']:.1f} s")
 
     python = peer_venv()
