@@ -32,5 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_timeseries.py
 	$(BIN)/python benchmarks/bench_ingest.py
 
+vendor:  # the console's browser libraries, pinned in citytwin/web/package.json (needs npm)
+	citytwin/web/vendor.sh
+
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

@@ -274,6 +274,12 @@ def start_peer(python: Path, config: Path, port: int) -> subprocess.Popen:
 
 # -- ours ----------------------------------------------------------------------------------------
 def start_ours(twin: Path, port: int) -> subprocess.Popen:
+    # pygeoapi limits nobody: lift the default per-address limit of anonymous readers here too
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "citytwin"), "access", "limits", "-t", str(twin),
+         "--anonymous", "0"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     return subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "citytwin"), "serve", "-t", str(twin), "--port", str(port)],
         stdout=subprocess.DEVNULL,

@@ -18,6 +18,8 @@ from citytwin.synth.water import water_check
 
 DEMO_AREA_KM2 = 4.0
 DEMO_SEED = 1
+DEMO_USER = "duty"
+"""The demo's console user (emergency management; a new password each run)."""
 
 
 def build_demo(folder: Path, console: Console) -> Path:
@@ -56,8 +58,25 @@ def build_demo(folder: Path, console: Console) -> Path:
 def serve_demo(path: Path, port: int, console: Console) -> None:
     """Serve the demo twin (``citytwin serve``) with one more hour of its sensors replayed
     live at 20× (the readings' own clock), and print the console's address."""
-    from citytwin.services.runtime import MonitoringService
+    import secrets
 
+    from citytwin.services.access import Registry
+    from citytwin.services.runtime import MonitoringService
+    from citytwin.store import open_store
+
+    password = secrets.token_urlsafe(9)
+    with open_store(path) as store:
+        registry = Registry(store)
+        if any(u.id == DEMO_USER for u in registry.users()):
+            registry.set_password(DEMO_USER, password)
+        else:
+            registry.add_user(
+                DEMO_USER,
+                "Duty officer (demo)",
+                "emergency",
+                roles=("operator",),
+                password=password,
+            )
     service = MonitoringService.open(path, clock="data")
     service.serve(
         "127.0.0.1",
@@ -65,7 +84,9 @@ def serve_demo(path: Path, port: int, console: Console) -> None:
         replay_hours=1.0,
         speedup=20.0,
         banner=lambda text: console.print(
-            f"\n[bold]the demo city is served[/bold] (Ctrl-C stops):\n{text}"
+            f"\n[bold]the demo city is served[/bold] (Ctrl-C stops):\n{text}\n"
+            f"  sign in to the console as [bold]{DEMO_USER}[/bold] / [bold]{password}[/bold]"
+            " (emergency management: every network; anonymous visitors see the public layers)"
         ),
     )
 

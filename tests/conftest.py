@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,4 +53,21 @@ def virtual_city(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("virtual") / "city-4km2-seed1.twin"
     build_city(path, 4.0, 1).close()
+    return path
+
+
+LIVE_START = dt.datetime(2025, 6, 2, 22, 0, tzinfo=dt.UTC)
+"""When the replayed readings of ``live_city`` start (06:00 local time on a Tuesday)."""
+
+
+@pytest.fixture(scope="session")
+def live_city(tmp_path_factory, virtual_city) -> Path:
+    """The 4 km² virtual city with its datastreams provisioned and two hours of readings
+    replayed through the ingest pipeline (a storm at 0:30, a gas leak at 1:00, a main burst at
+    1:15): observations, alarms and incidents. Read-only: copy it before writing."""
+    from citytwin.services.runtime import run_replay
+
+    path = tmp_path_factory.mktemp("live") / "live-city.twin"
+    shutil.copy(virtual_city, path)
+    run_replay(path, start=LIVE_START, hours=2.0, storm_at=0.5, gas_at=1.0, burst_at=1.25)
     return path

@@ -436,20 +436,24 @@ def trace_network(
     end: str | None = None,
     flows_at: float | None = None,
     as_of: dt.datetime | None = None,
+    stop_at_closed: bool = True,
+    data: NetworkData | None = None,
 ) -> tuple[NetworkData, Trace | None, np.ndarray | None]:
     """Trace ``network`` from ``start`` (node or link ids): ``connected``, ``upstream`` or
     ``downstream`` (directions from invert levels for gravity networks, else from the
     sources, or from an EPANET run's flows at ``flows_at`` hours), ``path`` (shortest, to
     ``end``), ``sources`` (which sources feed the start
     node) or ``loop`` (the shortest loop through the start link). Closed links and links with
-    closed valves are not passed. Returns the data, the trace (None for a link on no loop)
-    and, for ``sources``, the source ids."""
+    closed valves are not passed (unless ``stop_at_closed`` is False). ``data``: the network,
+    already loaded. Returns the data, the trace (None for a link on no loop) and, for
+    ``sources``, the source ids."""
     if kind not in TRACES:
         raise InvalidInput(f"unknown trace {kind!r}", hint=f"use one of {', '.join(TRACES)}")
     if not start:
         raise InvalidInput("a trace needs a start", hint="give a node or link id")
-    data = load_network(store, network, as_of)
-    graph, closed = data.graph, data.closed_links
+    data = data if data is not None else load_network(store, network, as_of)
+    graph = data.graph
+    closed = data.closed_links if stop_at_closed else None
     nodes = [s for s in start if s in graph._node_lookup]
     links = [s for s in start if s in graph._link_lookup]
     unknown = sorted(set(start) - set(nodes) - set(links))
@@ -489,7 +493,7 @@ class BurstReport:
     data: NetworkData
     valves: Valves
     isolation: Isolation
-    buildings: pd.DataFrame  # id, residents of the buildings that lose supply
+    buildings: gpd.GeoDataFrame  # id, name, residents, footprint of those that lose supply
     facilities: gpd.GeoDataFrame  # the critical facilities among them
 
     @property
@@ -497,22 +501,35 @@ class BurstReport:
         """Ids of the valves to close."""
         return self.valves.ids[self.isolation.valves]
 
-    def to_geojson(self) -> dict[str, Any]:
-        """Valves to close (points), isolated and cut-off links (lines), with a ``role``."""
+    def features(self) -> gpd.GeoDataFrame:
+        """Valves to close (points), isolated and cut-off links (lines), each with its ``id``,
+        ``role`` (valve_to_close, isolated, cut_off), ``class``, ``name`` and ``diameter``; the
+        failed link is among the isolated ones."""
         iso, links, devices = self.isolation, self.data.links, self.data.devices
-        valve_rows = devices.set_index("id").loc[self.valve_ids]
-        frames = [
-            gpd.GeoDataFrame(
-                {"id": self.valve_ids, "role": "valve_to_close"},
-                geometry=valve_rows.geometry.to_numpy(),
-                crs=links.crs,
-            ),
-            links.iloc[iso.isolated_links][["id", "geometry"]].assign(role="isolated"),
-            links.iloc[iso.cutoff_links][["id", "geometry"]].assign(role="cut_off"),
-        ]
-        return features_geojson(
-            gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=links.crs)
+        at = pd.Index(devices["id"]).get_indexer(self.valve_ids)
+        rows = np.r_[iso.isolated_links, iso.cutoff_links].astype(np.int64)
+        n_iso, n_cut = len(iso.isolated_links), len(iso.cutoff_links)
+
+        def both(column: str) -> np.ndarray:
+            return np.r_[devices[column].to_numpy(object)[at], links[column].to_numpy(object)[rows]]
+
+        role = ["valve_to_close"] * len(at) + ["isolated"] * n_iso + ["cut_off"] * n_cut
+        diameter = np.r_[np.full(len(at), np.nan), links["diameter"].to_numpy(float)[rows]]
+        return gpd.GeoDataFrame(
+            {
+                "id": both("id"),
+                "role": np.array(role, dtype=object),
+                "class": both("class"),
+                "name": both("name"),
+                "diameter": diameter,
+            },
+            geometry=np.r_[devices.geometry.to_numpy()[at], links.geometry.to_numpy()[rows]],
+            crs=links.crs,
         )
+
+    def to_geojson(self) -> dict[str, Any]:
+        """``features()`` as a GeoJSON FeatureCollection (in the twin's CRS)."""
+        return features_geojson(self.features())
 
 
 def isolation_model(store: Store, data: NetworkData) -> tuple[IsolationModel, Valves]:
@@ -562,15 +579,18 @@ def isolate_burst(
     at: tuple[float, float] | None = None,
     inoperable: list[str] | None = None,
     as_of: dt.datetime | None = None,
+    data: NetworkData | None = None,
+    model: tuple[IsolationModel, Valves] | None = None,
 ) -> BurstReport:
     """Isolate a burst on ``link`` (id) or at a point ``at`` on a link: the valves to close, the
     isolated part, what else loses supply, and who is affected (buildings, residents,
-    critical facilities). ``inoperable``: valve ids that can't be closed."""
+    critical facilities). ``inoperable``: valve ids that can't be closed. ``data`` and
+    ``model``: the network and its ``isolation_model``, already built."""
     if (link is None) == (at is None):
         raise InvalidInput("say where the burst is", hint="give a link id or a point x,y")
-    data = load_network(store, network, as_of)
+    data = data if data is not None else load_network(store, network, as_of)
     k = nearest_link(data, *at) if at is not None else int(data.graph.link_index(link)[0])
-    model, valves = isolation_model(store, data)
+    model, valves = model if model is not None else isolation_model(store, data)
     blocked = []
     if inoperable:
         index = pd.Index(valves.ids)
@@ -583,10 +603,14 @@ def isolate_burst(
     lost = isolation.lost_nodes
     lost = lost[lost < len(served)]
     building_ids = served.iloc[lost].dropna().unique()
-    table = pd.DataFrame({"id": pd.Series([], dtype=object), "residents": []})
+    table = gpd.GeoDataFrame(
+        {"id": pd.Series([], dtype=object), "name": pd.Series([], dtype=object), "residents": []},
+        geometry=gpd.GeoSeries([], crs=data.links.crs),
+    )
     if len(building_ids):
-        buildings = store.query(Query("buildings", ids=list(building_ids), order_by="id"))
-        table = buildings[["id", "residents"]].reset_index(drop=True)
+        buildings = store.query(Query("buildings", ids=list(building_ids), order_by="id",
+                                      columns=("name", "residents")))  # fmt: skip
+        table = buildings[["id", "name", "residents", "geometry"]].reset_index(drop=True)
     facilities = store.query(Query("facilities", classes=list(CRITICAL_FACILITIES)))
     facilities = facilities[facilities["building_id"].isin(building_ids)].reset_index(drop=True)
     return BurstReport(data, valves, isolation, table, facilities)

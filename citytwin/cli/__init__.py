@@ -13,6 +13,7 @@ import shapely
 import typer
 from rich.table import Table
 
+from citytwin.cli.access import access_app, audit_app
 from citytwin.cli.common import (
     TwinOption,
     cell,
@@ -443,6 +444,8 @@ app.add_typer(network_app, name="network")
 app.add_typer(sense_app, name="sense")
 app.command("serve")(serve_twin)
 app.add_typer(alarms_app, name="alarms")
+app.add_typer(access_app, name="access")
+app.add_typer(audit_app, name="audit")
 
 if __name__ == "__main__":
     app()

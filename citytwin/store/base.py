@@ -14,6 +14,8 @@ interval and downsampled series for charts. Times are naive UTC; intervals are h
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -28,8 +30,11 @@ import shapely
 
 from citytwin.errors import InvalidInput
 from citytwin.model import BASE_COLUMNS, Feature, TwinMeta, features_from_frame, layer
+from citytwin.sensing.entities import EntityPage, EntityRequest
 
 FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "like", "startswith", "is_null", "not_null")
+FILTER_PROPERTIES = ("id", "class", "status", "valid_from", "valid_to", "geometry")
+"""What ``Query.filter`` can name in every layer, besides the layer's attributes."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,15 @@ class Query:
     intersects: shapely.Geometry | None = None
     within: tuple[shapely.Geometry, float] | None = None  # (geometry, distance in metres)
     as_of: dt.datetime | None = None  # None: the current state
-    order_by: str | None = None  # attribute name, "-name" for descending
+    order_by: str | Sequence[str] | None = None  # attribute name, "-name" descending; or several
     limit: int | None = None
     offset: int = 0
     columns: Sequence[str] | None = None  # only these attributes (id, class, geometry always)
+    # versions valid at some time in [start, end] (None: open), per feature its latest in there
+    during: tuple[dt.datetime | None, dt.datetime | None] | None = None
+    # a CQL2 filter tree (pygeofilter; see citytwin.store.sql_filter) over FILTER_PROPERTIES
+    # and the layer's attributes, its geometries in the twin's CRS
+    filter: Any = None
 
     def __post_init__(self) -> None:
         lay = layer(self.layer)
@@ -98,12 +108,62 @@ class Query:
         for f in self.where:
             if f.attribute not in ("id", "class", "status") and not lay.has_attribute(f.attribute):
                 lay.attribute(f.attribute)  # raises with the known names
-        if self.order_by:
-            name = self.order_by.lstrip("-")
+        for key in self.order_keys:
+            name = key.lstrip("-")
             if name not in ("id", "class", "status", "valid_from") and not lay.has_attribute(name):
                 lay.attribute(name)
+        if self.filter is not None:
+            from citytwin.store.sql_filter import properties
+
+            known = {*FILTER_PROPERTIES, *(a.name for a in lay.attributes)}
+            unknown = properties(self.filter) - known
+            if unknown:
+                raise InvalidInput(
+                    f"layer {self.layer!r} has no {', '.join(map(repr, sorted(unknown)))}",
+                    hint=f"queryables: {', '.join(sorted(known))}",
+                )
+        if self.during is not None and self.as_of is not None:
+            raise InvalidInput("give as_of (an instant) or during (an interval), not both")
         if (self.limit is not None and self.limit < 0) or self.offset < 0:
             raise InvalidInput("limit and offset must not be negative")
+
+    @property
+    def order_keys(self) -> tuple[str, ...]:
+        """``order_by`` as a tuple of keys (``"-name"`` descending)."""
+        if not self.order_by:
+            return ()
+        return (self.order_by,) if isinstance(self.order_by, str) else tuple(self.order_by)
+
+
+@dataclass(frozen=True)
+class TileLayer:
+    """One layer of a vector tile: the features of ``query`` (the current state or ``as_of``;
+    the tile sets the window, so leave ``bbox``, ``limit`` and ``order_by`` out) under the
+    layer name ``name``, with ``id``, ``class`` and ``attributes`` as properties, lines and
+    polygons simplified within ``simplify`` units of the tile's grid (0: not simplified)."""
+
+    name: str
+    query: Query
+    attributes: tuple[str, ...] = ()
+    simplify: float = 0.0
+
+    def __post_init__(self) -> None:
+        lay = layer(self.query.layer)
+        for name in self.attributes:
+            lay.attribute(name)  # raises with the known names
+
+
+@dataclass(frozen=True)
+class VectorTile:
+    """A Mapbox Vector Tile (``data``, empty when no feature is in it) and the number of
+    features of each layer in it."""
+
+    data: bytes
+    features: dict[str, int]
+
+    @property
+    def count(self) -> int:
+        return sum(self.features.values())
 
 
 @dataclass
@@ -116,6 +176,17 @@ class LayerSummary:
     extent: tuple[float, float, float, float] | None = None
     sources: list[str] = field(default_factory=list)
     versions: int = 0
+
+
+@dataclass(frozen=True)
+class Extent:
+    """What ``Store.extent`` says about the features matching a query: how many, their
+    bounding box (twin CRS) and the earliest and latest start of their current versions."""
+
+    count: int
+    bbox: tuple[float, float, float, float] | None = None
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
 
 
 AGGREGATES = ("min", "max", "mean", "sum", "count")
@@ -211,6 +282,59 @@ def interval_us(interval: Any, *, name: str = "interval") -> int:
     return us
 
 
+AUDIT_COLUMNS = (
+    "seq", "at", "user", "department", "key_id", "client", "method", "path", "query",
+    "family", "resource", "status", "count", "duration_ms", "prev_hash", "hash",
+)  # fmt: skip
+"""The audit log's columns: ``seq`` (1, 2, ...), ``at`` (UTC), who (``user``, ``department``,
+``key_id``, ``client`` address), what (``method``, ``path``, ``query``, ``family`` of
+endpoints, ``resource``: the collection or process the path names, ``status``, ``count`` of
+features returned or None), ``duration_ms``, and the chain: ``prev_hash``, ``hash``."""
+AUDIT_GENESIS = "0" * 64
+"""The ``prev_hash`` of the first audit entry."""
+
+
+def audit_time(t: Any) -> str:
+    """An audit time as the chain hashes it: ISO 8601 UTC to the microsecond, ``Z``."""
+    if isinstance(t, pd.Timestamp) or not isinstance(t, dt.datetime):
+        ts = pd.Timestamp(t)
+        ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+        t = ts.floor("us").to_pydatetime()
+    elif t.tzinfo is not None:
+        t = t.astimezone(dt.UTC).replace(tzinfo=None)
+    return t.isoformat(timespec="microseconds") + "Z"
+
+
+def audit_digest(prev_hash: str, entry: dict[str, Any]) -> str:
+    """``sha256(prev_hash + canonical JSON of the entry)`` (hex): the entry's columns but
+    ``prev_hash`` and ``hash``, keys sorted, no spaces (``json.dumps``), ``at`` as
+    ``audit_time`` (or given as that text), ``seq``, ``status`` and ``count`` integers (or
+    null), ``duration_ms`` a float rounded to 3 decimals (or null)."""
+    body = {c: entry.get(c) for c in AUDIT_COLUMNS[:-2]}
+    at = body["at"]
+    body["at"] = at if isinstance(at, str) else audit_time(at)
+    for c in ("seq", "status", "count"):
+        v = body[c]
+        body[c] = None if v is None or v is pd.NA or v != v else int(v)
+    ms = body["duration_ms"]
+    body["duration_ms"] = None if ms is None or ms != ms else round(float(ms), 3)
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((prev_hash + text).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """What ``Store.verify_audit`` found: ``ok``, how many entries it checked, the first
+    broken ``seq`` (tampered, missing, repeated or out of order) and why, and the tail."""
+
+    ok: bool
+    entries: int
+    broken_seq: int | None = None
+    reason: str | None = None
+    tail_seq: int = 0
+    tail_hash: str = AUDIT_GENESIS
+
+
 class Store(ABC):
     """A twin's persistent home: features with history, rasters and documents."""
 
@@ -257,9 +381,27 @@ class Store(ABC):
     def query(self, q: Query) -> gpd.GeoDataFrame:
         """Features matching ``q`` as a frame."""
 
+    def query_table(self, q: Query) -> pa.Table:
+        """Features matching ``q`` as an Arrow table — ``id``, ``class``, the columns asked for
+        (all when ``q.columns`` is None; ``props`` and ``geometry_3d`` as JSON text) and the
+        geometry as WKB in ``wkb`` — for callers that serialise without pandas (the data
+        services). Backends answer it without building a frame."""
+        frame = self.query(q)
+        df = pd.DataFrame(frame.drop(columns=frame.geometry.name))
+        for c in ("props", "geometry_3d"):
+            if c in df:
+                df[c] = [None if v is None else json.dumps(v) for v in df[c]]
+        df["wkb"] = shapely.to_wkb(frame.geometry.to_numpy())
+        return pa.Table.from_pandas(df, preserve_index=False)
+
     @abstractmethod
     def count(self, q: Query) -> int:
         """How many features match ``q`` (limit and offset ignored)."""
+
+    @abstractmethod
+    def extent(self, q: Query) -> Extent:
+        """Count, bounding box and first/last ``valid_from`` of the features matching ``q``
+        (limit and offset ignored), in one pass."""
 
     @abstractmethod
     def nearest(self, q: Query, point: shapely.Point, k: int) -> gpd.GeoDataFrame:
@@ -289,6 +431,16 @@ class Store(ABC):
     @abstractmethod
     def documents(self, prefix: str = "") -> list[str]:
         """Keys of the documents starting with ``prefix``."""
+
+    @abstractmethod
+    def delete_document(self, key: str) -> bool:
+        """Remove the document under ``key``; whether there was one."""
+
+    @abstractmethod
+    def data_version(self, layers: Sequence[str]) -> tuple[Any, ...]:
+        """A value that changes whenever a feature of one of ``layers`` is inserted, updated
+        or retired (and only then): a cache key for what is derived from those layers, such
+        as a loaded network graph."""
 
     @abstractmethod
     def close(self) -> None:
@@ -487,6 +639,69 @@ class Store(ABC):
         """Ingest commits after ``after_seq`` (``seq``, ``committed_at``, ``n``, ``t_min``,
         ``t_max``), in order."""
 
+    # -- SensorThings API read side (``citytwin.sensing.entities``) --------------------------
+    @abstractmethod
+    def sta_entities(self, request: EntityRequest) -> EntityPage:
+        """Entities of one SensorThings entity set (``request.entity_set``) as a frame of
+        ``FRAME_COLUMNS``: those matching the request's filter, ids, link (related to given
+        parents; with ``per_parent``, paged and counted per parent, one query for all) and
+        networks (the principal's), in its order then the set's default, ``skip`` then at most
+        ``top + 1`` (per parent), and the count when asked. The latest observation of
+        datastreams comes from the latest values, not a scan. ``InvalidInput`` for a filter or
+        order that can't be evaluated (unknown property, kinds that don't compare)."""
+
+    # -- the audit log (``AUDIT_COLUMNS``; written by ``citytwin.services.access``) ---------
+    @abstractmethod
+    def append_audit(self, entries: pd.DataFrame | Sequence[dict[str, Any]]) -> tuple[int, str]:
+        """Append audit entries (``AUDIT_COLUMNS`` but ``seq``, ``prev_hash`` and ``hash``,
+        which the store assigns in the same transaction, chaining each entry to the last:
+        ``hash = audit_digest(prev_hash, entry)``). Returns the new tail (seq, hash)."""
+
+    @abstractmethod
+    def audit_entries(
+        self,
+        *,
+        since: Any = None,
+        until: Any = None,
+        user: str | None = None,
+        department: str | None = None,
+        path_prefix: str | None = None,
+        seq_from: int | None = None,
+        seq_to: int | None = None,
+        limit: int | None = 1000,
+        newest_first: bool = False,
+    ) -> pd.DataFrame:
+        """Audit entries (``AUDIT_COLUMNS``, ``at`` tz-aware UTC) matching every condition
+        given (``since`` <= at < ``until``; ``seq_from`` <= seq < ``seq_to``), in seq order
+        (``newest_first``: reversed); an empty frame when nothing was audited yet."""
+
+    @abstractmethod
+    def audit_tail(self) -> tuple[int, str]:
+        """The (seq, hash) the last append recorded (``(0, AUDIT_GENESIS)`` when empty); kept
+        apart from the entries so that removing the last entries is detected too."""
+
+    @abstractmethod
+    def audit_usage(self, since: Any = None, until: Any = None) -> pd.DataFrame:
+        """Requests answered (status below 400) per ``service`` (the collection or process
+        the path names, else the endpoint family) and ``department`` (None: anonymous), with
+        ``requests`` and ``features`` (sum of counts), most requests first."""
+
+    @abstractmethod
+    def get_documents(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every document whose key starts with ``prefix``, by key, in one read."""
+
+    @abstractmethod
+    def vector_tile(
+        self, z: int, x: int, y: int, layers: Sequence[TileLayer], *, extent: int = 4096,
+        buffer: int = 64,
+    ) -> VectorTile:  # fmt: skip
+        """Tile ``z/x/y`` of the WebMercatorQuad grid (EPSG:3857; column ``x`` from the west,
+        row ``y`` from the north) as a Mapbox Vector Tile of ``extent`` units a side: a layer
+        per entry of ``layers`` with features in the tile, in the order given. Each feature
+        meeting the tile plus ``buffer`` units is projected to EPSG:3857, cut to that square
+        and rounded to the grid; lines and polygons less than a unit across are left out.
+        ``InvalidInput`` for an address outside the grid."""
+
     # -- conveniences built on the above ------------------------------------------------
     def get(self, layer_name: str, fid: str, as_of: dt.datetime | None = None) -> Feature | None:
         """One feature by id (current, or as of a date), or None."""
@@ -510,6 +725,51 @@ class Store(ABC):
                 last = str(page["id"].iloc[-1])
             if len(page) < page_size:
                 return
+
+    def verify_audit(
+        self, page_size: int = 50_000, anchor: tuple[int, str] | None = None
+    ) -> AuditCheck:
+        """Recompute the audit chain: every entry's hash from its fields and the previous
+        hash, seqs 1, 2, ... without gaps or repeats, the recorded tail at the end (and
+        ``anchor``, a (seq, hash) saved elsewhere, still in the chain). Reports the first
+        broken seq."""
+        tail_seq, tail_hash = self.audit_tail()
+        seq, prev, checked = 0, AUDIT_GENESIS, 0
+
+        def broken(at: int, why: str) -> AuditCheck:
+            return AuditCheck(False, checked, at, why, tail_seq, tail_hash)
+
+        lo = 1
+        while True:
+            page = self.audit_entries(seq_from=lo, seq_to=lo + page_size, limit=None)
+            at = page["at"].dt.tz_localize(None).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            rows = page.assign(at=at).to_dict("records")
+            for row in rows:
+                if row["seq"] != seq + 1:
+                    if row["seq"] <= seq:
+                        return broken(int(row["seq"]), "the seq appears twice or out of order")
+                    return broken(seq + 1, f"entries {seq + 1} to {row['seq'] - 1} are missing")
+                if row["prev_hash"] != prev:
+                    return broken(seq + 1, "its prev_hash is not the hash of the entry before")
+                if audit_digest(prev, row) != row["hash"]:
+                    return broken(seq + 1, "its fields do not match its hash (changed)")
+                if anchor is not None and seq + 1 == anchor[0] and row["hash"] != anchor[1]:
+                    return broken(seq + 1, "its hash differs from the anchor")
+                seq, prev, checked = seq + 1, row["hash"], checked + 1
+            lo += page_size
+            if lo > max(tail_seq, seq) + 1:
+                break
+        later = self.audit_entries(seq_from=lo, limit=1)
+        if seq > tail_seq or len(later):
+            at = tail_seq + 1 if seq > tail_seq else int(later["seq"].iloc[0])
+            return broken(at, f"entries after the recorded tail (seq {tail_seq})")
+        if seq < tail_seq:
+            return broken(seq + 1, f"the tail records seq {tail_seq}: entries from here missing")
+        if prev != tail_hash:
+            return broken(seq, "the last entry is not the recorded tail")
+        if anchor is not None and anchor[0] > seq:
+            return broken(seq + 1, f"the anchor's seq {anchor[0]} is past the end")
+        return AuditCheck(True, checked, None, None, tail_seq, tail_hash)
 
     def __enter__(self) -> Store:
         return self

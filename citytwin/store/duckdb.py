@@ -66,10 +66,12 @@ from citytwin.sensing.model import (
     prepare_observations,
     validate_datastreams,
 )
+from citytwin.store import sql_filter
 from citytwin.store.base import (
     AGGREGATES,
     REJECT_SOURCES,
     AppendResult,
+    Extent,
     Filter,
     LayerSummary,
     ProvisionResult,
@@ -78,7 +80,10 @@ from citytwin.store.base import (
     StreamQuery,
     interval_us,
 )
+from citytwin.store.duckdb_audit import AuditStoreMixin
 from citytwin.store.duckdb_events import EVENT_TABLES, EventStoreMixin
+from citytwin.store.duckdb_sta import SensorThingsStoreMixin
+from citytwin.store.duckdb_tiles import TileStoreMixin
 
 BULK_MEMORY = "512MB"
 """DuckDB's memory cap while a bulk insert stages and sorts (it spills to disk beyond)."""
@@ -204,7 +209,7 @@ def _naive(t: dt.datetime | None) -> dt.datetime | None:
     return t
 
 
-class DuckDBStore(EventStoreMixin, Store):
+class DuckDBStore(AuditStoreMixin, EventStoreMixin, SensorThingsStoreMixin, TileStoreMixin, Store):
     """A twin in one DuckDB file (or in memory with ``path=":memory:"``)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str) -> None:
@@ -213,6 +218,8 @@ class DuckDBStore(EventStoreMixin, Store):
         self._depth = 0
         self._lock = FairRLock()
         self._rows: dict[str, int] = {}
+        self._local = threading.local()  # each thread's read cursor (see _reading)
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
         meta = self.get_document("twin")
         if meta is None:
             raise NotFound(f"{path} is not a CityTwin store")
@@ -293,6 +300,8 @@ class DuckDBStore(EventStoreMixin, Store):
         return f"CREATE TABLE {name} ({', '.join(cols)})"
 
     def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
         self.con.close()
 
     # -- transactions -------------------------------------------------------------------
@@ -542,7 +551,11 @@ class DuckDBStore(EventStoreMixin, Store):
     def _where(self, q: Query) -> tuple[str, list[Any]]:
         conds: list[str] = []
         params: list[Any] = []
-        if q.as_of is None:
+        if q.during is not None:
+            sql, p = _during_sql(q.layer, *q.during)
+            conds.append(sql)
+            params += p
+        elif q.as_of is None:
             conds.append("valid_to IS NULL")
         else:
             t = _naive(q.as_of)
@@ -576,7 +589,28 @@ class DuckDBStore(EventStoreMixin, Store):
         if q.within is not None:
             conds.append("ST_Distance(ST_GeomFromWKB(wkb), ST_GeomFromWKB(?)) <= ?")
             params += [shapely.to_wkb(q.within[0]), float(q.within[1])]
+        if q.filter is not None:
+            columns, geometry, kinds = _filter_columns(q.layer)
+            sql, p = sql_filter.to_sql(q.filter, columns, geometry, types=kinds,
+                                       bbox_columns=("minx", "miny", "maxx", "maxy"))  # fmt: skip
+            conds.append(sql)
+            params += p
         return " AND ".join(conds), params
+
+    @contextmanager
+    def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection a read runs on: the thread's own cursor, so reads run in parallel with
+        each other and with the writer (seeing committed data) — but the shared connection,
+        under the lock, in a thread that holds the lock (inside its transaction: its writes)."""
+        if self._lock._owner == threading.get_ident():
+            with self._lock:
+                yield self.con
+            return
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:  # DuckDB's way for threads: a cursor each (not under the lock)
+            cursor = self._local.cursor = self.con.cursor()
+            self._cursors.append(cursor)
+        yield cursor
 
     def _select(self, layer_name: str, columns: Sequence[str] | None = None) -> str:
         if columns is not None:  # id, class and geometry, and the columns asked for
@@ -605,6 +639,16 @@ class DuckDBStore(EventStoreMixin, Store):
         return gpd.GeoDataFrame(df, geometry="geometry", copy=False)
 
     def query(self, q: Query) -> gpd.GeoDataFrame:
+        sql, params = self._query_sql(q)
+        with self._reading() as con, _filter_errors(q):
+            return self._frame(q.layer, con.execute(sql, params))
+
+    def query_table(self, q: Query) -> pa.Table:
+        sql, params = self._query_sql(q)
+        with self._reading() as con, _filter_errors(q):
+            return con.execute(sql, params).to_arrow_table()
+
+    def _query_sql(self, q: Query) -> tuple[str, list[Any]]:
         where, params = self._where(q)
         sql = f"SELECT {self._select(q.layer, q.columns)} FROM {q.layer} WHERE {where}"
         sql += _order_sql(q.order_by)
@@ -612,17 +656,25 @@ class DuckDBStore(EventStoreMixin, Store):
             sql += f" LIMIT {int(q.limit)}"
         if q.offset:
             sql += f" OFFSET {int(q.offset)}"
-        with self._lock:
-            return self._frame(q.layer, self.con.execute(sql, params))
+        return sql, params
 
     def count(self, q: Query) -> int:
         where, params = self._where(q)
-        with self._lock:
-            return int(
-                self.con.execute(
-                    f"SELECT count(*) FROM {q.layer} WHERE {where}", params
-                ).fetchone()[0]
-            )
+        with self._reading() as con, _filter_errors(q):
+            return int(con.execute(f"SELECT count(*) FROM {q.layer} WHERE {where}", params)
+                       .fetchone()[0])  # fmt: skip
+
+    def extent(self, q: Query) -> Extent:
+        where, params = self._where(q)
+        sql = (
+            "SELECT count(*), min(minx), min(miny), max(maxx), max(maxy), min(valid_from),"
+            f" max(valid_from) FROM {q.layer} WHERE {where}"
+        )
+        with self._reading() as con, _filter_errors(q):
+            n, x0, y0, x1, y1, first, last = con.execute(sql, params).fetchone()
+        box = (float(x0), float(y0), float(x1), float(y1)) if n and x0 is not None else None
+        utc = [t.replace(tzinfo=dt.UTC) if t is not None else None for t in (first, last)]
+        return Extent(int(n), box, *utc)
 
     def nearest(self, q: Query, point: shapely.Point, k: int) -> gpd.GeoDataFrame:
         if k <= 0:
@@ -747,6 +799,24 @@ class DuckDBStore(EventStoreMixin, Store):
                     "SELECT key FROM documents WHERE starts_with(key, ?) ORDER BY key", [prefix]
                 ).fetchall()
             ]
+
+    def delete_document(self, key: str) -> bool:
+        with self.transaction():
+            row = self.con.execute("DELETE FROM documents WHERE key = ? RETURNING key", [key])
+            return row.fetchone() is not None
+
+    def data_version(self, layers: Sequence[str]) -> tuple[Any, ...]:
+        # a write adds a version row (insert, update) or closes one (update, retire); rows
+        # are never removed, so the two counts together change with every write
+        sql = " UNION ALL ".join(
+            f"SELECT {i}, count(*), count(valid_to) FROM {layer(name).name}"
+            for i, name in enumerate(layers)
+        )
+        if not sql:
+            return ()
+        with self._reading() as con:
+            rows = con.execute(sql + " ORDER BY 1").fetchall()
+        return tuple((int(n), int(closed)) for _, n, closed in rows)
 
     # -- time series ----------------------------------------------------------------------
     def _require_series(self) -> None:
@@ -1419,12 +1489,74 @@ def _json_column(s: pd.Series) -> list[str | None]:
     return [json.dumps(v) if v is not None and v == v and v != {} else None for v in s]
 
 
-def _order_sql(order_by: str | None) -> str:
-    if not order_by:
+def _order_sql(order_by: str | Sequence[str] | None) -> str:
+    keys = [order_by] if isinstance(order_by, str) else list(order_by or ())
+    if not keys:
         return ""
-    name = order_by.lstrip("-")
-    name = "fid" if name == "id" else name
-    return f" ORDER BY {name} {'DESC' if order_by.startswith('-') else 'ASC'} NULLS LAST, fid"
+    parts = []
+    for key in keys:
+        name = key.lstrip("-")
+        name = "fid" if name == "id" else name
+        parts.append(f"{name} {'DESC' if key.startswith('-') else 'ASC'} NULLS LAST")
+    return f" ORDER BY {', '.join(parts)}, fid"
+
+
+_FILTER_KIND = {
+    AttrType.STR: "string",
+    AttrType.INT: "integer",
+    AttrType.FLOAT: "number",
+    AttrType.BOOL: "boolean",
+    AttrType.DATE: "date",
+}
+
+
+def _filter_columns(layer_name: str) -> tuple[dict[str, str], str, dict[str, str]]:
+    """What ``sql_filter.to_sql`` needs of a layer's table: property -> SQL, the geometry's
+    SQL, property -> kind."""
+    geometry = "ST_GeomFromWKB(wkb)"
+    columns = {"id": "fid", "class": "class", "status": "status", "valid_from": "valid_from",
+               "valid_to": "valid_to", "geometry": geometry}  # fmt: skip
+    kinds = {"id": "string", "class": "string", "status": "string", "valid_from": "timestamp",
+             "valid_to": "timestamp", "geometry": "geometry"}  # fmt: skip
+    for a in layer(layer_name).attributes:
+        columns[a.name] = f'"{a.name}"'
+        kinds[a.name] = _FILTER_KIND[a.type]
+    return columns, geometry, kinds
+
+
+def _during_sql(table: str, start: Any, end: Any) -> tuple[str, list[Any]]:
+    """Versions valid at some time in ``[start, end]`` (None: open), per feature the latest of
+    them (no later version of the feature starts in the interval)."""
+    conds, params = [], []
+    if end is not None:
+        conds.append("valid_from <= ?")
+        params.append(_naive(end))
+    if start is not None:
+        conds.append("(valid_to IS NULL OR valid_to > ?)")
+        params.append(_naive(start))
+    later = (
+        f"SELECT 1 FROM {table} AS later WHERE later.fid = {table}.fid"
+        f" AND later.valid_from > {table}.valid_from"
+    )
+    if end is not None:
+        later += " AND later.valid_from <= ?"
+        params.append(_naive(end))
+    conds.append(f"NOT EXISTS ({later})")
+    return " AND ".join(conds), params
+
+
+@contextmanager
+def _filter_errors(q: Query) -> Iterator[None]:
+    """A filter the database can't evaluate (a value of the wrong type, an invalid geometry)
+    is the request's fault: ``InvalidInput``."""
+    try:
+        yield
+    except (duckdb.ConversionException, duckdb.BinderException, duckdb.InvalidInputException,
+            duckdb.OutOfRangeException) as exc:  # fmt: skip
+        if q.filter is None:
+            raise
+        reason = " ".join(str(exc).split())[:300]
+        raise InvalidInput(f"the filter can't be evaluated: {reason}", layer=q.layer) from None
 
 
 def _filter_sql(f: Filter) -> tuple[str, list[Any]]:

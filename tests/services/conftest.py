@@ -1,9 +1,8 @@
-"""Fixtures of the data services: the virtual city with two hours of replayed sensor readings
-(alarms and incidents included), copies of it to serve, and an app over a copy."""
+"""Fixtures of the data services: writable copies of ``live_city`` (tests/conftest.py) to
+serve, and an app over a copy."""
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -12,22 +11,6 @@ from fastapi.testclient import TestClient
 
 from citytwin.services.api import ServiceContext, create_app
 from citytwin.store import open_store
-
-LIVE_START = dt.datetime(2025, 6, 2, 22, 0, tzinfo=dt.UTC)
-"""When the replayed readings of ``live_city`` start (06:00 local time on a Tuesday)."""
-
-
-@pytest.fixture(scope="session")
-def live_city(tmp_path_factory, virtual_city) -> Path:
-    """The 4 km² virtual city with its datastreams provisioned and two hours of readings
-    replayed through the ingest pipeline (a storm at 0:30, a gas leak at 1:00, a main burst at
-    1:15): observations, alarms and incidents. Read-only: copy it before writing."""
-    from citytwin.services.runtime import run_replay
-
-    path = tmp_path_factory.mktemp("live") / "live-city.twin"
-    shutil.copy(virtual_city, path)
-    run_replay(path, start=LIVE_START, hours=2.0, storm_at=0.5, gas_at=1.0, burst_at=1.25)
-    return path
 
 
 @pytest.fixture
