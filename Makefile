@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-deps install clean vendor
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,24 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+# the peers and tools of the service benchmarks: PostGIS (pygeoapi's provider), wrk, Chromium
+bench-deps:
+	@command -v wrk >/dev/null && command -v chromium >/dev/null \
+	  && test -f /usr/share/postgresql/15/extension/postgis.control \
+	  || (apt-get update -qq && apt-get install -y -qq wrk chromium postgresql-15-postgis-3)
+
+bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/bench_store.py
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_networks.py
 	$(BIN)/python benchmarks/bench_warning.py
 	$(BIN)/python benchmarks/bench_timeseries.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_tiles.py
+	$(BIN)/python benchmarks/bench_sensorthings.py
+	$(BIN)/python benchmarks/bench_processes.py
+	$(BIN)/python benchmarks/bench_console.py
 
 vendor:  # the console's browser libraries, pinned in citytwin/web/package.json (needs npm)
 	citytwin/web/vendor.sh

@@ -109,7 +109,8 @@ def peer_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
     probe = subprocess.run(
-        [str(python), "-c", "import pygeoapi, psycopg2, geoalchemy2, uvicorn"], capture_output=True
+        [str(python), "-c", "import pygeoapi, psycopg2, geoalchemy2, uvicorn, starlette"],
+        capture_output=True,
     )
     if probe.returncode:
         subprocess.run(
@@ -122,6 +123,7 @@ def peer_venv() -> Path:
                 "pygeoapi",
                 "psycopg2-binary",
                 "SQLAlchemy",
+                "starlette",
                 "GeoAlchemy2",
                 "uvicorn",
             ],
@@ -211,8 +213,8 @@ def peer_config(folder: Path, port: int, count: int, provider: str, gpkg: Path |
                 "terms_of_service": "",
                 "url": "http://example.org",
             },
-            "license": {"name": "CC-BY 4.0"},
-            "provider": {"name": "bench"},
+            "license": {"name": "CC-BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"},
+            "provider": {"name": "bench", "url": "http://example.org"},
             "contact": {"name": "bench"},
         },
         "resources": {

@@ -27,12 +27,12 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 import pandas as pd
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -45,6 +45,8 @@ from citytwin.store.base import Store
 
 API_PREFIX = "/v1.1"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_LIST = 100_000
+"""The most alarms or incidents one request lists."""
 
 
 class ORJSONResponse(JSONResponse):
@@ -299,7 +301,7 @@ def _alarm_routes(app: FastAPI, desk: Any) -> None:
         severity: str | None = None,
         incident_id: str | None = None,
         since: dt.datetime | None = None,
-        limit: int = 1000,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 1000,
     ) -> Response:
         frame = await asyncio.to_thread(
             desk.alarms,
@@ -330,7 +332,9 @@ def _alarm_routes(app: FastAPI, desk: Any) -> None:
         return ORJSONResponse(row)
 
     @app.get("/incidents")
-    async def list_incidents(status: str | None = None, limit: int = 1000) -> Response:
+    async def list_incidents(
+        status: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 1000
+    ) -> Response:
         frame = await asyncio.to_thread(desk.incidents, status=status, limit=limit)
         return ORJSONResponse({"value": _records(frame), "count": len(frame)})
 
