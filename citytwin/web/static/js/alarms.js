@@ -35,17 +35,32 @@ export class AlarmPanel {
     this.stop = null;
   }
 
-  /** Load the active alarms and the incidents; resolves when the panel shows them. */
-  async load() {
+  /** Start fetching the active alarms and the incidents (before the map has loaded). */
+  static prefetch() {
+    const settle = (p) => p.then((doc) => ({ doc }), (err) => ({ err }));
+    return {
+      alarms: settle(getJSON('/alarms?status=active&limit=1000')),
+      incidents: settle(getJSON('/incidents?limit=200')),
+    };
+  }
+
+  /** Load the active alarms and the incidents (or take what ``prefetch`` started); resolves
+   * when the panel shows them. */
+  async load(early = null) {
     const problems = [];
+    const got = async (what, url) => {
+      const r = early ? await early[what] : { doc: await getJSON(url) };
+      if (r.err) throw r.err;
+      return r.doc;
+    };
     try {
-      const doc = await getJSON('/alarms?status=active&limit=1000');
+      const doc = await got('alarms', '/alarms?status=active&limit=1000');
       this.alarms = new Map((doc.value || doc || []).map((a) => [a.alarm_id, a]));
     } catch (err) {
       problems.push(this.describe('alarms', err));
     }
     try {
-      const doc = await getJSON('/incidents?limit=200');
+      const doc = await got('incidents', '/incidents?limit=200');
       this.incidents = new Map((doc.value || doc || []).map((i) => [i.incident_id, i]));
     } catch (err) {
       problems.push(this.describe('incidents', err));

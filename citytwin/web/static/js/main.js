@@ -436,6 +436,8 @@ async function main() {
       map.triggerRepaint();
     });
 
+  // the panels' data comes while the map loads
+  const early = AlarmPanel.prefetch();
   await new Promise((resolve) => map.once('load', resolve));
   mark('load');
 
@@ -561,7 +563,7 @@ async function main() {
 
   setUpSearch(map, info, collections);
 
-  await Promise.all([alarms.load(), sensors.load()]);
+  await Promise.all([alarms.load(early), sensors.load()]);
   notes.push(...alarms.problems);
   mark('panels');
   alarms.follow();
