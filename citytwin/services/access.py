@@ -63,16 +63,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import jwt
 import shapely
 from fastapi import APIRouter, Request
+from pygeofilter import ast
 from starlette.datastructures import Headers
 
 from citytwin.errors import Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
 from citytwin.services.catalogue import CATALOGUE_DOCUMENT, DEPARTMENTS, Catalogue, Collection
+from citytwin.store import sql_filter
+from citytwin.store.base import Query
 
 if TYPE_CHECKING:
     from citytwin.store.base import Store
@@ -196,6 +200,27 @@ class AccessControl:
             else:
                 self._districts[district] = shapely.union_all(frame.geometry.to_numpy())
         return self._districts[district]
+
+
+def narrow(q: Query, grant: Grant) -> Query:
+    """``q`` as ``grant`` allows: rows matching any of its hidden rules left out (a NULL is
+    not a match), and only features intersecting its district. The one narrowing every
+    service that reads a collection applies (features, tiles, processes, the console)."""
+    nodes = [sql_filter.excluding(_rule(text)) for text in grant.hidden]
+    changes: dict[str, Any] = {}
+    if grant.district_geometry is not None:
+        if q.intersects is None:
+            changes["intersects"] = grant.district_geometry
+        else:
+            nodes.append(ast.GeometryIntersects(ast.Attribute("geometry"), grant.district_geometry))
+    if nodes:
+        changes["filter"] = sql_filter.all_of(q.filter, *nodes)
+    return replace(q, **changes) if changes else q
+
+
+@lru_cache(maxsize=256)
+def _rule(text: str) -> ast.Node:
+    return sql_filter.parse(text, "cql2-text")
 
 
 def principal(request: Request) -> Principal:

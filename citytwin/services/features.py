@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -45,11 +45,10 @@ from pyproj.exceptions import CRSError, ProjError
 
 from citytwin.errors import InvalidInput, NotFound
 from citytwin.model import STATUSES, AttrType, layer
-from citytwin.services.access import Grant, Principal, principal
+from citytwin.services.access import Grant, Principal, narrow, principal
 from citytwin.services.catalogue import Collection
 from citytwin.store import sql_filter
 from citytwin.store.base import Filter
-from citytwin.store.base import Query as StoreQuery
 
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 EPSG_URI = "http://www.opengis.net/def/crs/EPSG/0/"
@@ -148,7 +147,7 @@ def _north_first(uri: str) -> bool:
 
 
 @lru_cache(maxsize=128)
-def _transformer(src: str, dst: str) -> Transformer:
+def transformer(src: str, dst: str) -> Transformer:
     """Cached; x/y (east, north) order on both sides — axis swaps are done by the callers.
 
     PROJ's search for the best operation (``from_crs``) takes about 0.4 s for CGCS2000 to WGS 84,
@@ -172,11 +171,11 @@ def transform_out(geoms: np.ndarray, src: str, dst: str) -> np.ndarray:
     swap = _north_first(dst)
     if src == dst and not swap:
         return geoms
-    transformer, digits = (None if src == dst else _transformer(src, dst)), _decimals(dst)
+    to_dst, digits = (None if src == dst else transformer(src, dst)), _decimals(dst)
 
     def move(xy: np.ndarray) -> np.ndarray:
-        if transformer is not None:
-            x, y = transformer.transform(xy[:, 0], xy[:, 1])
+        if to_dst is not None:
+            x, y = to_dst.transform(xy[:, 0], xy[:, 1])
             xy = np.column_stack((x, y))
         xy = np.round(xy, digits)
         return xy[:, ::-1] if swap else xy
@@ -206,7 +205,7 @@ def reproject(geom: shapely.Geometry, src: str, dst: str) -> shapely.Geometry:
         step = max(x1 - x0, y1 - y0) / 32
         if step > 0:
             geom = shapely.segmentize(geom, max(step, shortest))
-    t = _transformer(src, dst)
+    t = transformer(src, dst)
     return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
 
 
@@ -464,28 +463,8 @@ class FeatureService:
         ]
 
 
-def narrow(q: StoreQuery, grant: Grant) -> StoreQuery:
-    """``q`` as ``grant`` allows: rows matching any of its hidden rules left out, and only
-    features intersecting its district. For every service that reads a collection."""
-    nodes = [sql_filter.excluding(_rule(text)) for text in grant.hidden]
-    changes: dict[str, Any] = {}
-    if grant.district_geometry is not None:
-        if q.intersects is None:
-            changes["intersects"] = grant.district_geometry
-        else:
-            nodes.append(_intersects(grant.district_geometry))
-    if nodes:
-        changes["filter"] = sql_filter.all_of(q.filter, *nodes)
-    return replace(q, **changes) if changes else q
-
-
 def _intersects(geom: shapely.Geometry) -> ast.Node:
     return ast.GeometryIntersects(ast.Attribute("geometry"), geom)
-
-
-@lru_cache(maxsize=256)
-def _rule(text: str) -> ast.Node:
-    return sql_filter.parse(text, "cql2-text")
 
 
 # -- parameters ------------------------------------------------------------------------------

@@ -66,9 +66,8 @@ from citytwin.model import GRAVITY_NETWORKS
 from citytwin.networks.clearance import CLEARANCE_RULES_DOCUMENT
 from citytwin.networks.excavation import Dig
 from citytwin.networks.trace import Trace
-from citytwin.services.access import Grant, Principal, principal
+from citytwin.services.access import Grant, Principal, narrow, principal
 from citytwin.services.api import ORJSONResponse, _body
-from citytwin.services.features import narrow
 from citytwin.services.jobs import STATUSES, Job, JobControl, JobRunner, Work
 from citytwin.store.base import Store
 

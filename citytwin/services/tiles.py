@@ -34,14 +34,13 @@ tile. Tiles depend on the caller's credentials: ``Cache-Control: private``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -51,9 +50,8 @@ from pyproj import Transformer
 
 from citytwin.errors import InvalidInput, NotFound
 from citytwin.model import AttrType, layer
-from citytwin.services.access import Grant, Principal, principal
+from citytwin.services.access import Grant, Principal, narrow, principal
 from citytwin.services.catalogue import Collection
-from citytwin.store import sql_filter
 from citytwin.store.base import TileLayer, VectorTile
 from citytwin.store.duckdb_tiles import HALF_WORLD, tile_bounds
 
@@ -274,24 +272,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 # -- access ----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
-def _excluding(cql2: str) -> Any:
-    return sql_filter.excluding(sql_filter.parse(cql2))
-
-
-def narrowed(grant: Grant, **conditions: Any) -> Any:
-    """The store query of a grant's collection with the grant's narrowing: its hidden rows
-    left out (NULL counts as not hidden) and, for a district-bound user, only features meeting
-    the district."""
-    q = grant.collection.query(**conditions)
-    hidden = [_excluding(text) for text in grant.hidden]
-    if hidden:
-        q = replace(q, filter=sql_filter.all_of(q.filter, *hidden))
-    if grant.district_geometry is not None:
-        q = replace(q, intersects=grant.district_geometry)
-    return q
-
-
 def _narrowing(grants: Sequence[Grant]) -> tuple[Any, ...]:
     return tuple((g.collection.id, g.hidden, g.district) for g in grants)
 
@@ -325,7 +305,7 @@ class TileService:
             return None
         polygonal = layer(coll.layer).geometry != "Point"
         simplify = SIMPLIFY_UNITS if polygonal and z < SIMPLIFY_BELOW else 0.0
-        q = narrowed(grant, classes=classes)
+        q = narrow(grant.collection.query(classes=classes), grant)
         return TileLayer(coll.id, q, rule.attributes, simplify)
 
     def tile_key(

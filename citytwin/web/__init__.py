@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +36,8 @@ from fastapi.staticfiles import StaticFiles
 from pyproj import CRS, Transformer
 
 from citytwin.errors import InvalidInput, NotFound
-from citytwin.services.access import Grant, Principal, principal
+from citytwin.services.access import Grant, Principal, narrow, principal
+from citytwin.services.features import transformer
 from citytwin.store.base import StreamQuery
 from citytwin.warning.rules import LEVELS
 
@@ -130,9 +130,8 @@ def mount(app: Any, ctx: Any) -> None:
 
 
 # -- the twin -----------------------------------------------------------------------------------
-@cache
 def _to_lonlat(crs: str) -> Transformer:
-    return Transformer.from_crs(CRS.from_user_input(crs), "EPSG:4326", always_xy=True)
+    return transformer(crs, "EPSG:4326")
 
 
 def proj4_definition(crs: str) -> str:
@@ -206,14 +205,8 @@ def visible_devices(
     """The current devices the grant lets its principal see (its hidden rows and other
     districts left out, in the store's query), optionally in ``box`` (twin CRS), of
     ``classes`` and among ``ids``."""
-    from citytwin.store.sql_filter import all_of, excluding, parse
-
-    hidden = all_of(*(excluding(parse(text)) for text in grant.hidden))
-    area = grant.district_geometry
-    if box is not None:
-        area = box if area is None else shapely.intersection(area, box)
-    q = grant.collection.query(intersects=area, filter=hidden, classes=classes, ids=ids)
-    return store.query(q)
+    q = grant.collection.query(intersects=box, classes=classes, ids=ids)
+    return store.query(narrow(q, grant))
 
 
 def sensor_states(
@@ -344,7 +337,7 @@ def _twin_box(crs: str, bbox: tuple[float, float, float, float]) -> shapely.Geom
             hint="give four numbers: longitudes -180..180, latitudes -90..90, west < east",
         )
     ring = shapely.segmentize(shapely.box(west, south, east, north), (east - west) / 8)
-    to_twin = Transformer.from_crs("EPSG:4326", CRS.from_user_input(crs), always_xy=True)
+    to_twin = transformer("EPSG:4326", crs)
     return shapely.transform(ring, lambda xy: np.column_stack(to_twin.transform(*xy.T)))
 
 
