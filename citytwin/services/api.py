@@ -87,7 +87,9 @@ class ServiceContext:
 
     @classmethod
     def of(cls, store: Store, **parts: Any) -> ServiceContext:
-        """A context over ``store`` with its catalogue and access policies."""
+        """A context over ``store`` with its catalogue and access policies (the store tuned
+        for serving)."""
+        store.tune_for_serving()
         catalogue = Catalogue.of(store)
         return cls(store, catalogue, AccessControl(catalogue, store), **parts)
 

@@ -94,7 +94,7 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 MAX_AGE = 60
 """Seconds a browser may reuse a tile before revalidating it (a 304 when unchanged)."""
 _RELS = "http://www.opengis.net/def/rel/ogc/1.0/"
-_FORMAT = f"mvt2/{EXTENT}/{BUFFER}/{SIMPLIFY_BELOW}/{SIMPLIFY_UNITS}"
+_FORMAT = f"mvt3/{EXTENT}/{BUFFER}/{SIMPLIFY_BELOW}/{SIMPLIFY_UNITS}"
 """Part of every cache key and ETag: change it when tiles are drawn differently."""
 
 
@@ -122,8 +122,6 @@ _KEY_NODES = ("reservoir", "tank", "pumping_station", "outfall", "storage", "sub
 """Utility nodes shown with the mains from zoom 15; the others (junctions, manholes, valves,
 service connections ...) from zoom 16, with the service pipes."""
 _SMALL_NODES = {c: 16 for c in layer("utility_nodes").classes if c not in _KEY_NODES}
-_LINK_ATTRIBUTES = ("network", "name", "diameter", "depth", "invert_from", "invert_to",
-                    "pressure_class", "material", "from_node", "to_node")  # fmt: skip
 LAYER_RULES: dict[str, LayerRule] = {
     "zones": LayerRule(
         ("name", "code", "network"),
@@ -135,13 +133,15 @@ LAYER_RULES: dict[str, LayerRule] = {
     "buildings": LayerRule(("name", "height", "ground_level", "floors", "use"), 13),
     "facilities": LayerRule(("name", "critical", "capacity"), 12),
     "city_objects": LayerRule(("name",), 14),
-    "utility_links": LayerRule(_LINK_ATTRIBUTES, 15, {"service_pipe": 16}),
-    "utility_nodes": LayerRule(
-        ("network", "name", "depth", "cover_level", "invert_level"), 15, _SMALL_NODES
+    "utility_links": LayerRule(
+        ("name", "diameter", "depth", "pressure_class"), 15, {"service_pipe": 16}
     ),
+    "utility_nodes": LayerRule(("name", "depth"), 15, _SMALL_NODES),
     "devices": LayerRule(("name", "network", "feature_id"), 16, {"water_meter": 17}),
 }
-"""Per model layer: the attributes in its tiles and the zooms its features start at."""
+"""Per model layer: the attributes in its tiles and the zooms its features start at. Tiles
+carry what the map draws and labels with (every attribute costs encoding time in each tile);
+a click reads the whole feature from the features service."""
 
 
 # -- tile matrix set ---------------------------------------------------------------------------

@@ -446,6 +446,10 @@ class Store(ABC):
     def close(self) -> None:
         """Release the backend's resources."""
 
+    def tune_for_serving(self) -> None:  # noqa: B027 - a backend without such a knob keeps it
+        """Prefer many concurrent small reads (a server's requests, each its own thread) to
+        one large read spread over every core."""
+
     # -- time series ----------------------------------------------------------------------
     @abstractmethod
     def provision(

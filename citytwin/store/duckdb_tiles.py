@@ -67,6 +67,8 @@ MAX_ZOOM = 30
 """The deepest tile matrix a tile may be asked of."""
 GRID = 9
 """Points per side of the grid a tile's envelope is sampled on (the fit and the window)."""
+GROUP_PART = 4
+"""The most tile layers drawn from one table in one statement (statements run side by side)."""
 AFFINE_TOLERANCE = 0.5
 """Largest error (grid units) for which the affine map stands in for the projection: what
 rounding to the grid costs anyway (reached at zoom 13 in UTM and Gauss-Kruger zones)."""
@@ -205,8 +207,13 @@ class TileStoreMixin:
             groups: dict[str, list[int]] = {}
             for i, tl in enumerate(layers):
                 groups.setdefault(tl.query.layer, []).append(i)
+            # the tables of many layers (the networks) first, in parts: the pool's threads
+            # then finish together
+            parts = [(table, members[k : k + GROUP_PART])
+                     for table, members in sorted(groups.items(), key=lambda g: -len(g[1]))
+                     for k in range(0, len(members), GROUP_PART)]  # fmt: skip
             statements = []
-            for table, members in groups.items():
+            for table, members in parts:
                 conds = [self._conditions(layers[i].query) for i in members]
                 statements.append(
                     _group_sql(table, place.window, frame, layers, members, conds, extent)
@@ -398,7 +405,7 @@ def _group_sql(
     tiles, counts = [], []
     for k, i in enumerate(members):
         keep = f"FILTER (WHERE _m{k} AND NOT ST_IsEmpty(g))"
-        tiles.append(f"ST_AsMVT(_row, {_literal(layers[i].name)}, {extent}, 'geom') {keep}")
+        tiles.append(f"ST_AsMVT(_row, {sql_text(layers[i].name)}, {extent}, 'geom') {keep}")
         counts.append(f"count(*) {keep}")
     any_member = " OR ".join(f"_m{k}" for k in range(len(members)))
     sql = (
@@ -425,5 +432,6 @@ def _properties(tl: TileLayer) -> str:
     return "{" + ", ".join([*props, "'geom': g"]) + "}"
 
 
-def _literal(text: str) -> str:
+def sql_text(text: str) -> str:
+    """``text`` as an SQL string literal."""
     return "'" + text.replace("'", "''") + "'"

@@ -220,9 +220,22 @@ class Sensors {
     this.timer = setTimeout(() => this.load(), delay);
   }
 
-  /** The devices in view (all classes from zoom 15, the network instruments below it). */
-  async load() {
-    if (!this.enabled) return;
+  /** The devices in view (all classes from zoom 15, the network instruments below it), from
+   * ``pending`` when given (a ``request()`` made earlier). */
+  async load(pending = this.request()) {
+    if (!pending) return;
+    try {
+      const doc = await pending;
+      this.map.getSource(SENSORS_SOURCE).setData(doc);
+      this.count = doc.features.length;
+    } catch (err) {
+      if (err.name !== 'AbortError') degraded(t('unavailable', { what: t('sensors'), why: err.message }));
+    }
+  }
+
+  /** The request for the devices in view (it needs only the map's bounds, not its style). */
+  request() {
+    if (!this.enabled) return null;
     if (this.controller) this.controller.abort();
     const controller = new AbortController();
     this.controller = controller;
@@ -235,13 +248,7 @@ class Sensors {
     const bbox = [Math.max(-180, w), Math.max(-90, s), Math.min(180, e), Math.min(90, n)].map((v) => v.toFixed(6)).join(',');
     // the (many) water meters from zoom 16.5, the network instruments at every zoom
     const meters = this.map.getZoom() >= 16.5 ? '' : '&exclude=water_meter';
-    try {
-      const doc = await getJSON(`/console/api/sensors?bbox=${bbox}${meters}`, { signal: controller.signal });
-      this.map.getSource(SENSORS_SOURCE).setData(doc);
-      this.count = doc.features.length;
-    } catch (err) {
-      if (err.name !== 'AbortError') degraded(t('unavailable', { what: t('sensors'), why: err.message }));
-    }
+    return getJSON(`/console/api/sensors?bbox=${bbox}${meters}`, { signal: controller.signal });
   }
 }
 
@@ -438,6 +445,10 @@ async function main() {
 
   // the panels' data comes while the map loads
   const early = AlarmPanel.prefetch();
+  const sensors = new Sensors(map, collections.some((c) => c.id === 'devices'));
+  api.sensors = sensors;
+  const sensorsEarly = sensors.request();
+  sensorsEarly?.catch(() => {}); // reported by load()
   await new Promise((resolve) => map.once('load', resolve));
   mark('load');
 
@@ -454,9 +465,6 @@ async function main() {
 
   const info = new InfoPanel($('info-body'), collections);
   api.info = info;
-  const sensors = new Sensors(map, collections.some((c) => c.id === 'devices'));
-  api.sensors = sensors;
-
   const alarms = new AlarmPanel({
     map,
     list: $('alarms'),
@@ -563,7 +571,7 @@ async function main() {
 
   setUpSearch(map, info, collections);
 
-  await Promise.all([alarms.load(early), sensors.load()]);
+  await Promise.all([alarms.load(early), sensors.load(sensorsEarly)]);
   notes.push(...alarms.problems);
   mark('panels');
   alarms.follow();
