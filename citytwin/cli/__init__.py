@@ -25,6 +25,7 @@ from citytwin.cli.common import (
     progress,
     run,
 )
+from citytwin.cli.flood import flood_app
 from citytwin.cli.network import network_app
 from citytwin.cli.sense import alarms_app, sense_app
 from citytwin.cli.sense import serve as serve_twin
@@ -441,6 +442,7 @@ def synth(
 
 
 app.add_typer(network_app, name="network")
+app.add_typer(flood_app, name="flood")
 app.add_typer(sense_app, name="sense")
 app.command("serve")(serve_twin)
 app.add_typer(alarms_app, name="alarms")
