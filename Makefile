@@ -42,6 +42,7 @@ bench: $(STAMP) bench-deps
 	$(BIN)/python benchmarks/bench_sensorthings.py
 	$(BIN)/python benchmarks/bench_processes.py
 	$(BIN)/python benchmarks/bench_console.py
+	$(BIN)/python benchmarks/bench_flood.py
 
 vendor:  # the console's browser libraries, pinned in citytwin/web/package.json (needs npm)
 	citytwin/web/vendor.sh

@@ -23,6 +23,9 @@ from citytwin.flood.domain import Domain, Inflow, Rainfall, State, loss_capacity
 
 WET = 0.01
 """Depth (m) from which a cell counts as flooded for arrival time and duration, by default."""
+SERIAL_BELOW = 8192
+"""Grids with fewer cells are tracked on one thread (a parallel region costs more than its
+work there)."""
 HAZARD_DEBRIS = 0.5
 """The debris factor of the hazard rating (Defra/EA FD2320: 0.5 for depths up to 0.25 m
 or in urban areas; the rating is d·(v + 0.5) + DF)."""
@@ -104,7 +107,8 @@ class MassBalance:
         and the water put in."""
         if not self.error:
             return 0.0
-        scale = max(self.initial, max(self.rain) + max(self.inflow) + max(map(abs, self.exchange)))
+        put = max(self.rain) + max(self.inflow) + max(map(abs, self.exchange))
+        scale = max(self.initial, put + max(map(abs, self.outflow)))  # sides may bring water
         return max(map(abs, self.error)) / scale if scale > 0 else 0.0
 
     def summary(self) -> dict[str, float]:
@@ -208,6 +212,8 @@ def simulate(
     next_sync, exchange_q = t, None
     steps = 0
     n_active = int(active.sum())
+    threads = numba.get_num_threads()
+    serial = threads > 1 and active.size < SERIAL_BELOW
     while t < end - 1e-9:
         if exchange is not None and t >= next_sync - 1e-9:
             next_sync, exchange_q = exchange.sync(t, h, moved)
@@ -245,8 +251,12 @@ def simulate(
         t += dt
         steps += 1
         speed = solver.speed(domain, h, arrays)
+        if serial:
+            numba.set_num_threads(1)
         _track(h, speed, active, t, dt, threshold, HAZARD_DEBRIS,
                max_depth, max_speed, max_hazard, first_wet, wet_duration)  # fmt: skip
+        if serial:
+            numba.set_num_threads(threads)
         volume = float(h[active].sum() * area)
         expected = balance.initial + totals["rain"] + totals["inflow"] + totals["exchange"]
         expected -= totals["losses"] + totals["outflow"]
