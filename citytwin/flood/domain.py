@@ -119,28 +119,6 @@ class GreenAmpt:
 Losses = ConstantLoss | GreenAmpt | None
 
 
-def loss_capacity(losses: Losses, infiltrated: np.ndarray, dt: float) -> np.ndarray | float:
-    """The depth (m) the losses could take from a wet cell over ``dt`` seconds.
-
-    Green–Ampt is integrated over the step (the implicit form of ``dF/dt = f(F)``, solved by
-    a few Newton steps), so the capacity is right for long steps too."""
-    if losses is None:
-        return 0.0
-    if isinstance(losses, ConstantLoss):
-        return np.asarray(losses.rate, dtype=float) * dt
-    ks, psi, dth = (np.asarray(v, dtype=float) for v in (losses.ks, losses.psi, losses.dtheta))
-    s = psi * dth
-    f0 = np.maximum(infiltrated, 1e-9)
-    # F1 - F0 - s ln((s + F1)/(s + F0)) = ks dt  (Green–Ampt's implicit form), Newton on F1
-    f1 = f0 + ks * dt
-    for _ in range(4):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = f1 - f0 - s * np.log((s + f1) / (s + f0)) - ks * dt
-            dr = 1.0 - s / (s + f1)
-            f1 = np.where(dr > 0, np.maximum(f1 - r / np.where(dr > 0, dr, 1.0), f0), f1)
-    return np.where(ks > 0, f1 - f0, 0.0)
-
-
 # -- water put in -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rainfall:

@@ -19,7 +19,7 @@ from typing import Protocol
 import numba
 import numpy as np
 
-from citytwin.flood.domain import Domain, Inflow, Rainfall, State, loss_capacity
+from citytwin.flood.domain import ConstantLoss, Domain, Inflow, Rainfall, State
 
 WET = 0.01
 """Depth (m) from which a cell counts as flooded for arrival time and duration, by default."""
@@ -212,6 +212,7 @@ def simulate(
     next_sync, exchange_q = t, None
     steps = 0
     n_active = int(active.sum())
+    loss_params = _loss_arrays(domain)
     threads = numba.get_num_threads()
     serial = threads > 1 and active.size < SERIAL_BELOW
     while t < end - 1e-9:
@@ -241,12 +242,8 @@ def simulate(
             h += dh
             moved += dh * area
             totals["exchange"] += float(dh.sum()) * area
-        if domain.losses is not None:
-            take = np.minimum(loss_capacity(domain.losses, state.infiltrated, dt), h)
-            take = np.where(active, take, 0.0)
-            h -= take
-            state.infiltrated += take
-            totals["losses"] += float(take.sum()) * area
+        if loss_params is not None:
+            totals["losses"] += _infiltrate(h, state.infiltrated, active, *loss_params, dt) * area
         totals["outflow"] += solver.step(domain, h, arrays, dt, domain.levels(t + dt))
         t += dt
         steps += 1
@@ -299,3 +296,58 @@ def _track(h, speed, active, t, dt, threshold, debris,
                 if math.isnan(first_wet[i, j]):
                     first_wet[i, j] = t
                 wet_duration[i, j] += dt
+
+
+def _loss_arrays(domain: Domain) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """The losses as per-cell arrays for ``_infiltrate``: (rate or ks, psi·dtheta, Green–Ampt?)."""
+    losses = domain.losses
+    if losses is None:
+        return None
+    shape = domain.shape
+    if isinstance(losses, ConstantLoss):
+        rate = np.ascontiguousarray(np.broadcast_to(np.asarray(losses.rate, float), shape))
+        return rate, np.zeros(shape), False
+    ks = np.ascontiguousarray(np.broadcast_to(np.asarray(losses.ks, float), shape))
+    suction = np.asarray(losses.psi, float) * np.asarray(losses.dtheta, float)
+    return ks, np.ascontiguousarray(np.broadcast_to(suction, shape)), True
+
+
+@numba.njit(parallel=True, cache=True)
+def _infiltrate(h, infiltrated, active, rate, suction, green_ampt, dt):  # fmt: skip
+    """Take the losses of a step of ``dt`` from the water (no more than a cell holds); the
+    depth taken in all."""
+    ny, nx = h.shape
+    rows = np.zeros(ny)
+    for i in numba.prange(ny):
+        acc = 0.0
+        for j in range(nx):
+            if active[i, j] and h[i, j] > 0.0 and rate[i, j] > 0.0:
+                cap = _capacity(green_ampt, infiltrated[i, j], rate[i, j], suction[i, j], dt)
+                take = min(cap, h[i, j])
+                h[i, j] -= take
+                infiltrated[i, j] += take
+                acc += take
+        rows[i] = acc
+    return rows.sum()
+
+
+@numba.njit(cache=True)
+def _capacity(green_ampt: bool, f0: float, rate: float, suction: float, dt: float) -> float:
+    """What a wet cell could lose in ``dt``: a constant ``rate``, or Green–Ampt (``rate`` its
+    ks) integrated over the step."""
+    if green_ampt:
+        return _green_ampt(max(f0, 1e-9), rate, suction, dt)
+    return rate * dt
+
+
+@numba.njit(cache=True)
+def _green_ampt(f0: float, ks: float, s: float, dt: float) -> float:
+    """The depth Green–Ampt infiltrates in ``dt`` after ``f0``: Newton on its implicit form."""
+    f1 = f0 + ks * dt
+    for _ in range(6):
+        r = f1 - f0 - s * math.log((s + f1) / (s + f0)) - ks * dt
+        dr = 1.0 - s / (s + f1)
+        if dr <= 0.0:
+            break
+        f1 = max(f1 - r / dr, f0)
+    return f1 - f0
