@@ -208,7 +208,7 @@ class Domain:
         n = np.broadcast_to(np.asarray(self.manning, dtype=np.float64), self.z.shape)
         if np.any(n[np.isfinite(self.z)] < 0):
             raise ValueError("Manning's n must be >= 0")
-        self.n = np.ascontiguousarray(n)
+        self.n = np.array(n, dtype=np.float64, order="C")  # writable: one kernel signature
         blocked = np.zeros(self.z.shape, bool) if self.blocked is None else self.blocked
         if blocked.shape != self.z.shape:
             raise ValueError("'blocked' must have the shape of the bed")

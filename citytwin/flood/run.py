@@ -23,7 +23,7 @@ from citytwin.flood.domain import ConstantLoss, Domain, Inflow, Rainfall, State
 
 WET = 0.01
 """Depth (m) from which a cell counts as flooded for arrival time and duration, by default."""
-SERIAL_BELOW = 8192
+SERIAL_BELOW = 65_536
 """Grids with fewer cells are tracked on one thread (a parallel region costs more than its
 work there)."""
 HAZARD_DEBRIS = 0.5
@@ -207,7 +207,12 @@ def simulate(
     snapshots: list[tuple[float, np.ndarray]] = []
     next_snapshot = t0 + snapshot_every if snapshot_every else np.inf
     inflow_cells = [(np.array([c[0] for c in f.cells]), np.array([c[1] for c in f.cells]))
-                    for f in inflows]  # fmt: skip
+                    for f in inflows]
+    for f, (rows, cols) in zip(inflows, inflow_cells, strict=True):
+        inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+        if not inside.all() or not active[rows, cols].all():
+            raise ValueError(f"an inflow enters at {f.cells}: every cell must be on the grid and"
+                             " open (not outside the bed or a building)")
     moved = np.zeros(shape)
     next_sync, exchange_q = t, None
     steps = 0
@@ -220,9 +225,14 @@ def simulate(
             next_sync, exchange_q = exchange.sync(t, h, moved)
             moved = np.zeros(shape)
         dt = min(solver.max_dt(domain, h, arrays), max_step, end - t, next_snapshot - t,
-                 next_sync - t if exchange is not None else np.inf)  # fmt: skip
+                 next_sync - t if exchange is not None else np.inf)
         if not dt > 0 or not math.isfinite(dt):
             raise FloatingPointError(f"no stable time step at t = {t:.3f} s (the state blew up)")
+        if inflows:  # a step's inflow may deepen a cell enough to need a shorter step
+            probe = h.copy()
+            for f, (rows, cols) in zip(inflows, inflow_cells, strict=True):
+                np.add.at(probe, (rows, cols), f.q.mean(t, t + dt) * dt / len(rows) / area)
+            dt = min(dt, solver.max_dt(domain, probe, arrays))
         # sources and sinks (the water the solver is then given to move)
         if rain is not None:
             r = rain.rate(t, t + dt) * dt
@@ -231,7 +241,7 @@ def simulate(
                 h += r
                 totals["rain"] += float(r.sum()) * area
             elif r:
-                h[active] += r
+                np.add(h, r, out=h, where=active)
                 totals["rain"] += r * n_active * area
         for f, (rows, cols) in zip(inflows, inflow_cells, strict=True):
             vol = f.q.mean(t, t + dt) * dt
@@ -251,10 +261,10 @@ def simulate(
         if serial:
             numba.set_num_threads(1)
         _track(h, speed, active, t, dt, threshold, HAZARD_DEBRIS,
-               max_depth, max_speed, max_hazard, first_wet, wet_duration)  # fmt: skip
+               max_depth, max_speed, max_hazard, first_wet, wet_duration)
         if serial:
             numba.set_num_threads(threads)
-        volume = float(h[active].sum() * area)
+        volume = float(h.sum() * area)  # inactive cells hold no water
         expected = balance.initial + totals["rain"] + totals["inflow"] + totals["exchange"]
         expected -= totals["losses"] + totals["outflow"]
         balance.t.append(t)
@@ -271,12 +281,12 @@ def simulate(
         exchange.sync(t, h, moved)
     state.t = t
     return Result(state, max_depth, max_speed, max_hazard, first_wet, wet_duration, threshold,
-                  balance, steps, snapshots)  # fmt: skip
+                  balance, steps, snapshots)
 
 
 @numba.njit(parallel=True, cache=True)
 def _track(h, speed, active, t, dt, threshold, debris,
-           max_depth, max_speed, max_hazard, first_wet, wet_duration):  # fmt: skip
+           max_depth, max_speed, max_hazard, first_wet, wet_duration):
     """Update the extremes with the state at the end of a step of ``dt`` ending at ``t``."""
     ny, nx = h.shape
     for i in numba.prange(ny):
@@ -313,7 +323,7 @@ def _loss_arrays(domain: Domain) -> tuple[np.ndarray, np.ndarray, bool] | None:
 
 
 @numba.njit(parallel=True, cache=True)
-def _infiltrate(h, infiltrated, active, rate, suction, green_ampt, dt):  # fmt: skip
+def _infiltrate(h, infiltrated, active, rate, suction, green_ampt, dt):
     """Take the losses of a step of ``dt`` from the water (no more than a cell holds); the
     depth taken in all."""
     ny, nx = h.shape
