@@ -71,6 +71,8 @@ MIN_RATE = 1e-6
 FLOW_TOL, about 3e-7 m³/s, and the water would be lost)."""
 CAP_GROWTH, CAP_STEP = 1.25, 1e-3
 """How fast (per stride: × growth + step, m³/s) a manhole that flooded takes water again."""
+CAP_MAX = 100.0
+"""m³/s: where the relaxing limit stops (far above what any inlet can take)."""
 _SECTION = re.compile(r"^\s*\[([^\]]+)\]")
 
 
@@ -372,7 +374,8 @@ class SwmmCoupling:
         # a flooding manhole takes no more than it absorbed (lateral inflow less flooding);
         # the limit relaxes again while it does not flood
         absorbed = np.maximum(received - flood, 0.0) / max(step, 1e-9)
-        self._cap = np.where(flood > 0, absorbed, self._cap * CAP_GROWTH + CAP_STEP)
+        relaxed = np.minimum(self._cap * CAP_GROWTH + CAP_STEP, CAP_MAX)
+        self._cap = np.where(flood > 0, absorbed, relaxed)
 
     def _exchange(self, h: np.ndarray) -> None:
         """The discharges of the next interval from the surface level and the nodes' heads."""
