@@ -496,7 +496,7 @@ def draw_flood(scenario: FloodScenario, png: str | Path) -> Path:
     p = scenario.params
     s = scenario.summary
     ax.set_title(
-        f"VIRTUAL CITY — {p.get('return_period')}-year {p.get('duration_min'):g}-min storm"
+        f"VIRTUAL CITY — {p['return_period']:g}-year {p['duration_min']:g}-min storm"
         f" ({'coupled to the drains' if p.get('coupled') else 'surface only'}):"
         f" {s['buildings_flooded']} buildings, {s['residents_affected']} residents,"
         f" {s['impassable_length_m'] / 1000:.1f} km of road impassable",
