@@ -28,22 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_features import free_port, wait_http
 
+from citytwin.web import HEADLESS_CHROMIUM, HEADLESS_CHROMIUM_ARGS
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(__file__).parent / ".cache"
 CITY = CACHE / "city-100km2-seed1.twin"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-]
+CHROMIUM = HEADLESS_CHROMIUM
+CHROMIUM_ARGS = list(HEADLESS_CHROMIUM_ARGS)
 VIEWPORT = {"width": 1280, "height": 800}
 VERBOSE = "-v" in sys.argv
 

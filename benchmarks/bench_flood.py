@@ -61,8 +61,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_tiles import CACHE, city_twin  # the virtual city, built once and cached
+
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(__file__).parent / ".cache"
 DEM = ROOT.parent / "shared" / "data" / "ky4" / "ky4_elevation.tif"
 JUNCTIONS = DEM.with_name("ky4_junctions.geojson")
 ITZI_PYTHON = CACHE / "itzi-venv" / "bin" / "python"
@@ -454,29 +456,6 @@ def part_scaling(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # -- 3. demo city ---------------------------------------------------------------------------------
-def city_twin(area: float, seed: int) -> Path:
-    """The virtual city's twin, built on first use and kept in the cache folder (as
-    bench_tiles does)."""
-    from citytwin.synth.city import build_city
-
-    CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"city-{area:g}km2-seed{seed}.twin"
-    note = path.with_suffix(".build.json")
-    if path.exists():
-        built = json.loads(note.read_text())["seconds"] if note.exists() else None
-        print(f"twin: {path} (cached; built in {built:.0f} s)" if built else f"twin: {path}")
-        return path
-    part = path.with_name(path.name + ".part")
-    part.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    build_city(part, area, seed).close()
-    seconds = time.perf_counter() - t0
-    part.rename(path)
-    note.write_text(json.dumps({"seconds": seconds}))
-    print(f"twin: {path} built in {seconds:.0f} s")
-    return path
-
-
 def part_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
     from citytwin.app.flood import run_storm
     from citytwin.drainage.coupling import SwmmCoupling

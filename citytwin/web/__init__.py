@@ -54,6 +54,23 @@ Who = Annotated[Principal, Depends(principal)]
 Names = Annotated[str | None, Query(description="comma-separated")]
 
 
+HEADLESS_CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium, which the console's browser tests and benchmark drive."""
+HEADLESS_CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # WebGL 2 in software: ANGLE on SwiftShader (Chromium refuses the silent fallback)
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+)
+"""How to run the console headless without a GPU (tests, benchmarks)."""
+
 def mount(app: Any, ctx: Any) -> None:
     """Serve the console under ``/console/`` and its JSON endpoints under ``/console/api``."""
 

@@ -17,20 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # WebGL 2 in software: ANGLE on SwiftShader (Chromium refuses the silent fallback)
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-]
+from citytwin.web import HEADLESS_CHROMIUM, HEADLESS_CHROMIUM_ARGS
+
+CHROMIUM = Path(HEADLESS_CHROMIUM)
+CHROMIUM_ARGS = list(HEADLESS_CHROMIUM_ARGS)
 READY_TIMEOUT_MS = 180_000
 """The first complete render on a software renderer of a busy CI machine can take a while."""
 
