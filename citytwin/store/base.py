@@ -154,6 +154,24 @@ class TileLayer:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """Rows of a query as plain tuples, in the order of ``names`` (``id``, ``class``, the
+    columns asked for, ``props`` and ``geometry_3d`` as JSON text, and the geometry as WKB in
+    ``wkb``): what the data services serialise, without a frame or an Arrow table between."""
+
+    names: tuple[str, ...]
+    values: list[tuple[Any, ...]]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def column(self, name: str) -> list[Any]:
+        """One column's values."""
+        i = self.names.index(name)
+        return [row[i] for row in self.values]
+
+
+@dataclass(frozen=True)
 class VectorTile:
     """A Mapbox Vector Tile (``data``, empty when no feature is in it) and the number of
     features of each layer in it."""
@@ -381,18 +399,17 @@ class Store(ABC):
     def query(self, q: Query) -> gpd.GeoDataFrame:
         """Features matching ``q`` as a frame."""
 
-    def query_table(self, q: Query) -> pa.Table:
-        """Features matching ``q`` as an Arrow table — ``id``, ``class``, the columns asked for
-        (all when ``q.columns`` is None; ``props`` and ``geometry_3d`` as JSON text) and the
-        geometry as WKB in ``wkb`` — for callers that serialise without pandas (the data
-        services). Backends answer it without building a frame."""
+    def query_rows(self, q: Query) -> Rows:
+        """Features matching ``q`` as ``Rows`` for callers that serialise without pandas (the
+        data services). Backends answer it without building a frame."""
         frame = self.query(q)
         df = pd.DataFrame(frame.drop(columns=frame.geometry.name))
         for c in ("props", "geometry_3d"):
             if c in df:
                 df[c] = [None if v is None else json.dumps(v) for v in df[c]]
+        df = df.astype(object).where(df.notna(), None)
         df["wkb"] = shapely.to_wkb(frame.geometry.to_numpy())
-        return pa.Table.from_pandas(df, preserve_index=False)
+        return Rows(tuple(df.columns), list(df.itertuples(index=False, name=None)))
 
     @abstractmethod
     def count(self, q: Query) -> int:

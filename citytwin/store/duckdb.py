@@ -76,6 +76,7 @@ from citytwin.store.base import (
     LayerSummary,
     ProvisionResult,
     Query,
+    Rows,
     Store,
     StreamQuery,
     interval_us,
@@ -666,10 +667,11 @@ class DuckDBStore(AuditStoreMixin, EventStoreMixin, SensorThingsStoreMixin, Tile
         with self._reading() as con, _filter_errors(q):
             return self._frame(q.layer, con.execute(sql, params))
 
-    def query_table(self, q: Query) -> pa.Table:
+    def query_rows(self, q: Query) -> Rows:
         sql, params = self._query_sql(q)
         with self._reading() as con, _filter_errors(q):
-            return con.execute(sql, params).to_arrow_table()
+            cursor = con.execute(sql, params)
+            return Rows(tuple(d[0] for d in cursor.description), cursor.fetchall())
 
     def _query_sql(self, q: Query) -> tuple[str, list[Any]]:
         where, params = self._where(q)

@@ -11,7 +11,7 @@ import shapely
 
 from citytwin.errors import InvalidInput
 from citytwin.model import TwinMeta, validate_frame
-from citytwin.store import Filter, Query, create_store, open_store
+from citytwin.store import Filter, Query, Store, create_store, open_store
 
 T0 = dt.datetime(2020, 1, 1)
 
@@ -104,6 +104,23 @@ def test_selected_columns(store):
     assert shapely.equals_exact(
         got.geometry.to_numpy(), truth.loc[got["id"]].geometry.to_numpy(), 0
     ).all()
+
+
+def test_rows_match_the_frame_and_the_generic_rows(store):
+    """``query_rows`` (what the data services serialise) holds what ``query`` does, and the
+    backend's own answer equals the generic one built from the frame."""
+    q = Query("buildings", bbox=(400, 400, 900, 900), columns=["height", "use", "valid_from"])
+    rows = store.query_rows(q)
+    frame = store.query(q).set_index("id")
+    assert rows.names == ("id", "class", "height", "use", "valid_from", "wkb")
+    assert len(rows) == len(frame) > 10
+    assert rows.column("height") == frame.loc[rows.column("id"), "height"].tolist()
+    assert shapely.equals_exact(
+        shapely.from_wkb(rows.column("wkb")), frame.loc[rows.column("id")].geometry.to_numpy(), 0
+    ).all()
+    generic = Store.query_rows(store, q)
+    assert generic.names == rows.names
+    assert sorted(generic.values) == sorted(rows.values)
 
 
 def test_update_keeps_history_and_as_of_returns_past_state(store):
