@@ -61,8 +61,12 @@ from typing import Literal
 
 import numpy as np
 from pyswmm import Links, Nodes, Simulation, SystemStats
+from swmm.toolkit import shared_enum, solver
 
 from citytwin.flood.domain import Domain, G
+
+NODE = shared_enum.ObjectType.NODE.value
+NEW_HEAD = shared_enum.NodeResult.HEAD.value
 
 FLOW_FACTORS = {"CMS": 1.0, "LPS": 1e-3, "MLD": 1e3 / 86400.0}
 """m³/s per SWMM flow unit (SI models only: heads and lengths must be metres, as the grid)."""
@@ -264,7 +268,9 @@ class SwmmCoupling:
             node.surcharge_depth = self.surcharge_depth
             node.ponding_area = 0.0
             rims.append(node.invert_elevation + node.full_depth)
-        self._nodes = [self._all_nodes[i.node] for i in self.inlets]
+        # the toolkit's own indices: pyswmm's per-node properties look each id up (and build a
+        # dict of every statistic) on each call, most of a sync's time on a city's manholes
+        self._index = [solver.project_get_index(NODE, i.node) for i in self.inlets]
         self.rims = np.array(rims)
         if duration is not None:
             # a margin: SWMM stops a stride or two short of an end date set this way
@@ -348,8 +354,8 @@ class SwmmCoupling:
         """Give SWMM the pending water as lateral inflow and advance it one stride."""
         rate = self._to_sewer / self.interval
         rate[rate < MIN_RATE] = 0.0  # (below 0: SWMM booked a little ahead; it is made up)
-        for k, node in enumerate(self._nodes):
-            node.generated_inflow(float(rate[k] / self._flow))
+        for k, index in enumerate(self._index):
+            solver.node_set_total_inflow(index, float(rate[k] / self._flow))
         try:
             next(self._sim)
         except StopIteration:
@@ -359,9 +365,9 @@ class SwmmCoupling:
             ) from None
         now = (self._sim.current_time - self._sim.start_time).total_seconds()
         step, self._swmm_t = now - self._swmm_t, now
-        stats = [n.statistics for n in self._nodes]
-        lateral = np.array([s["lateral_infow_vol"] for s in stats])
-        flooded = np.array([s["flooding_volume"] for s in stats])
+        stats = [solver.node_get_stats(index) for index in self._index]
+        lateral = np.array([s.totLatFlow for s in stats])
+        flooded = np.array([s.volFlooded for s in stats])
         # what SWMM booked (its routing steps do not split a stride exactly as rate x stride);
         # where the node has inflows of its own, the rate times the stride
         received = np.where(self._exclusive, lateral - self._lateral, rate * step)
@@ -383,7 +389,7 @@ class SwmmCoupling:
         r, c = self._rows, self._cols
         depth = h[r, c]
         eta = self.domain.zb[r, c] + depth
-        head = np.array([n.head for n in self._nodes])
+        head = np.array([solver.node_get_result(index, NEW_HEAD) for index in self._index])
         crest = self._crest
         # surface -> sewer: weir while shallow / the pipe has room, orifice once drowned
         hs = np.maximum(eta - crest, 0.0)

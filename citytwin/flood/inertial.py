@@ -131,10 +131,19 @@ class LocalInertia:
             "hy": np.zeros((ny + 1, nx)),
         }
 
-    def max_dt(self, domain: Domain, h: np.ndarray, arrays: dict[str, np.ndarray]) -> float:
-        """``alpha · dx / √(g h_max)`` (inf when there is no water anywhere)."""
-        with self._threads(h.size):
-            h_max = max(_max_depth(h, domain.active), _ghost_depth(domain))
+    def max_dt(
+        self,
+        domain: Domain,
+        h: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        deepest: float | None = None,
+    ) -> float:
+        """``alpha · dx / √(g h_max)`` (inf when there is no water anywhere); ``deepest``
+        the deepest water of ``h`` where known."""
+        if deepest is None:
+            with self._threads(h.size):
+                deepest = _max_depth(h, domain.active)
+        h_max = max(deepest, _ghost_depth(domain))
         if not h_max > 0:
             return math.inf
         return self.alpha * domain.dx / math.sqrt(G * max(h_max, self.h_min))

@@ -630,9 +630,16 @@ class ShallowWater:
         """Discharges per unit width ``hu`` (east) and ``hv`` (south), m²/s: zero (at rest)."""
         return {"hu": np.zeros(domain.shape), "hv": np.zeros(domain.shape)}
 
-    def max_dt(self, domain: Domain, h: np.ndarray, arrays: dict[str, np.ndarray]) -> float:
+    def max_dt(
+        self,
+        domain: Domain,
+        h: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        deepest: float | None = None,
+    ) -> float:
         """``cfl · dx / max(|u| + c, |v| + c)`` over the wet cells and the waves a level side
-        can send in (at the highest level of its series); inf when nothing can move."""
+        can send in (at the highest level of its series); inf when nothing can move
+        (``deepest`` is not needed: the speeds are)."""
         hu, hv = self._arrays(domain, arrays)
         kinds = domain.side_kinds()
         highest = np.full(4, np.nan)
