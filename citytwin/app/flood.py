@@ -607,3 +607,111 @@ def run_ensemble(
         if cluster is not None:
             cluster.close()
     return out
+
+
+# -- kept scenarios (for the services and the console) ------------------------------------------
+AFFECTED = {"building": "buildings", "road": "streets", "facility": "facilities"}
+"""The layer of each kind of feature a kept scenario reaches."""
+_LISTS = {"building": "buildings", "road": "roads", "facility": "facilities"}
+AFFECTED_COLUMNS = [
+    "id", "kind", "class", "name", "depth_m", "flooded_m", "residents", "flooded",
+    "basement_at_risk", "critical",
+]  # fmt: skip
+
+
+def kept_scenarios(store: Store) -> dict[str, dict[str, Any]]:
+    """The scenarios kept in the twin (``save_scenario``), by id, oldest first."""
+    docs = store.get_documents(SCENARIO_PREFIX)
+    return {
+        key[len(SCENARIO_PREFIX) :]: doc
+        for key, doc in sorted(docs.items())
+        if key.count("/") == 1 and isinstance(doc, dict) and "summary" in doc
+    }
+
+
+def kept_scenario(store: Store, sid: str) -> dict[str, Any]:
+    """The kept scenario ``sid`` (its document); ``NotFound`` when there is none."""
+    doc = store.get_document(SCENARIO_PREFIX + sid) if sid and "/" not in sid else None
+    if not isinstance(doc, dict) or "summary" not in doc:
+        raise NotFound(
+            f"no flood scenario {sid!r}", hint="GET /flood/scenarios lists the kept scenarios"
+        )
+    return doc
+
+
+def affected_features(store: Store, doc: dict[str, Any]) -> Any:
+    """What a kept scenario's flood reaches as a GeoDataFrame in the twin's CRS
+    (``AFFECTED_COLUMNS``): per building, road and facility of its document its ``kind``,
+    class, name, deepest water (``depth_m``: at a building's walls, at a facility), impassable
+    length (``flooded_m``, roads), residents, whether it counts as flooded (a building above
+    the sill, an impassable road, a facility reached), basement at risk, critical; geometries
+    from the twin (features retired since are left out)."""
+    import geopandas as gpd
+
+    parts = []
+    for kind, layer_name in AFFECTED.items():
+        rows = pd.DataFrame(doc.get(_LISTS[kind]) or [])
+        if not len(rows):
+            continue
+        rows["id"] = rows["id"].astype(str)
+        found = store.query(Query(layer_name, ids=list(rows["id"]), columns=["name"]))
+        found = pd.DataFrame(found[["id", "class", "name", "geometry"]]).rename(
+            columns={"class": "layer_class", "name": "layer_name"}
+        )
+        rows = rows.merge(found, on="id", how="inner")
+        rows["class"] = rows["class"] if "class" in rows else rows["layer_class"]
+        rows["name"] = rows["name"] if "name" in rows else rows["layer_name"]
+        rows["name"] = rows["name"].where(rows["name"].notna(), rows["layer_name"])
+        rows["kind"] = kind
+        if kind == "building":
+            rows["flooded"] = rows["flooded"].astype(bool)
+        elif kind == "road":
+            rows["flooded"] = rows["flooded_m"].astype(float) > 0
+        else:
+            rows["flooded"] = rows["reached"].astype(bool)
+        parts.append(rows.reindex(columns=[*AFFECTED_COLUMNS, "geometry"]))
+    frame = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame({c: [] for c in [*AFFECTED_COLUMNS, "geometry"]})
+    )
+    for c in ("flooded", "basement_at_risk", "critical"):  # yes, no, or not asked (None)
+        frame[c] = pd.Series(
+            [None if v is None or v is pd.NA or v != v else bool(v) for v in frame[c]],
+            index=frame.index,
+            dtype=object,
+        )
+    for c in ("depth_m", "flooded_m", "residents"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
+    return gpd.GeoDataFrame(frame, geometry="geometry", crs=store.meta.crs)
+
+
+def grid_shape(
+    store: Store, *, cell: float, bounds: tuple[float, float, float, float] | None = None
+) -> tuple[int, int]:
+    """The (rows, columns) of the grid ``flood_grid`` makes for ``cell`` and ``bounds``,
+    without making it (to refuse a run too large before it starts); ``InvalidInput`` as
+    ``flood_grid`` for a twin without terrain or bounds that miss it."""
+    try:
+        dem_bytes = store.get_raster("dem")
+    except (KeyError, NotFound):
+        raise InvalidInput(
+            "the twin has no terrain model (raster 'dem')", hint="citytwin import a GeoTIFF DEM"
+        ) from None
+    with open_raster(dem_bytes) as ds:
+        left, bottom, right, top = ds.bounds
+    x0, y1, x1, y0 = left, bottom, right, top
+    if bounds is not None:
+        x0, y1, x1, y0 = (
+            max(x0, bounds[0]),
+            max(y1, bounds[1]),
+            min(x1, bounds[2]),
+            min(y0, bounds[3]),
+        )
+        if x1 <= x0 or y0 <= y1:
+            raise InvalidInput(
+                "the bounds miss the terrain model", hint=f"it covers {left, bottom, right, top}"
+            )
+    if not cell > 0:
+        raise InvalidInput("the cell size must be > 0 m")
+    return max(2, round((y0 - y1) / cell)), max(2, round((x1 - x0) / cell))

@@ -994,6 +994,7 @@ _FAMILIES = {
     "terrain": "tiles",
     "processes": "processes",
     "jobs": "processes",
+    "flood": "flood",
     "v1.1": "sensorthings",
     "catalogue": "catalogue",
     "alarms": "monitoring",

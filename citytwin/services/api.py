@@ -1,10 +1,10 @@
 """The HTTP service (FastAPI) of a twin: its data services and its monitoring, in one app.
 
 ``create_app(ctx)`` composes the routers of ``services``: OGC API Features (``features``),
-Tiles (``tiles``), Processes (``processes``), the SensorThings read side (``sensorthings``), the
-catalogue (``catalogue``), credentials and audit (``access``), and the operations console
-(``citytwin.web``), all answering through the same authentication, access policy and audit.
-This module adds the monitoring side:
+Tiles (``tiles``), Processes (``processes``), the kept flood scenarios (``flood``), the
+SensorThings read side (``sensorthings``), the catalogue (``catalogue``), credentials and audit
+(``access``), and the operations console (``citytwin.web``), all answering through the same
+authentication, access policy and audit. This module adds the monitoring side:
 
 - ``POST /v1.1/Observations`` (the Datastream in the body), ``POST /v1.1/Datastreams(<id>)/
   Observations`` and ``POST /v1.1/CreateObservations`` (the DataArray extension) — the create
@@ -103,7 +103,7 @@ def create_app(
     """The twin's service. ``on_start`` / ``on_stop``: what starts and stops with the app
     (default: the ingestor alone, when there is one)."""
     from citytwin import web
-    from citytwin.services import access, catalogue, features, processes, sensorthings, tiles
+    from citytwin.services import access, catalogue, features, flood, processes, sensorthings, tiles
 
     ingestor = ctx.ingestor
     start = on_start or (ingestor.start if ingestor is not None else None)
@@ -169,7 +169,7 @@ def create_app(
         )
 
     access.install(app, ctx)
-    for module in (features, tiles, processes, sensorthings, catalogue):
+    for module in (features, tiles, processes, flood, sensorthings, catalogue):
         app.include_router(module.router(ctx))
     web.mount(app, ctx)
     if ingestor is not None:

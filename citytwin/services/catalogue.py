@@ -548,7 +548,7 @@ class RecordShelf:
                     _link("", "/jobs", _OGC_REL + "job-list", "application/json", "jobs"),
                 ],
             )
-            record["properties"]["access"] = "read access to the network's links collection"
+            record["properties"]["access"] = p.access
             out.append((None, record))
         devices = store.extent(Query("devices"))
         sensorthings = self._record(

@@ -1,6 +1,6 @@
-"""OGC API – Processes (Part 1: Core 1.0) over the twin's utility network analyses.
+"""OGC API – Processes (Part 1: Core 1.0) over the twin's network analyses and flood runs.
 
-Processes (``PROCESSES``), each over ``citytwin.app.networks``:
+Processes (``PROCESSES``), over ``citytwin.app.networks`` and ``citytwin.app.flood``:
 
 - ``trace``: what is connected to, upstream or downstream of (or both) a node, a link or a
   point on a link; closed valves and links stop the trace unless asked otherwise.
@@ -12,6 +12,12 @@ Processes (``PROCESSES``), each over ``citytwin.app.networks``:
   their distances and crown depths; which would be struck and which are critical.
 - ``clearance-check``: utility lines closer to each other or to buildings than the rules
   allow, for some networks or all, optionally within an area.
+- ``flood-storm`` (over ``citytwin.app.flood``): a design storm run on the twin's surface
+  (optionally coupled to its drains), kept as a flood scenario (``/flood/scenarios``,
+  ``citytwin.services.flood``): the buildings, roads and facilities it reaches, its summary,
+  and links to its rasters (Cloud-Optimised GeoTIFF). Progress follows the simulated time; a
+  dismissed job stops at the next step. Only signed-in callers may run it (it computes for a
+  while and writes to the twin).
 
 Geometries go in and come out in CRS84 (longitude, latitude); results are a GeoJSON
 FeatureCollection (``features``) and a ``summary`` object, both described by JSON Schemas in
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +60,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from shapely.errors import ShapelyError
 
+from citytwin.app import flood as flooding
 from citytwin.app import networks as nets
 from citytwin.errors import (
     CityTwinError,
@@ -62,13 +70,14 @@ from citytwin.errors import (
     RateLimited,
     Unauthorized,
 )
+from citytwin.flood.rain import design_storm
 from citytwin.model import GRAVITY_NETWORKS
 from citytwin.networks.clearance import CLEARANCE_RULES_DOCUMENT
 from citytwin.networks.excavation import Dig
 from citytwin.networks.trace import Trace
 from citytwin.services.access import Grant, Principal, narrow, principal
 from citytwin.services.api import ORJSONResponse, _body
-from citytwin.services.jobs import STATUSES, Job, JobControl, JobRunner, Work
+from citytwin.services.jobs import STATUSES, Job, JobControl, JobDismissed, JobRunner, Work
 from citytwin.store.base import Store
 
 CONFORMANCE = [
@@ -316,6 +325,8 @@ class Process:
     title_zh: str = ""
     description: str = ""
     keywords: tuple[str, ...] = ()
+    access = "read access to the network's links collection"
+    """Who may run it (the catalogue's record says so)."""
     version = "1.0.0"
     outputs: dict[str, Output] = {}  # noqa: RUF012 (class constants)
 
@@ -1245,6 +1256,295 @@ def _clearance_results(
     return {"features": _crs84(shown, list(CLEARANCE_FEATURE)), "summary": summary}
 
 
+FLOOD_FEATURE = {
+    "id": {"type": "string"},
+    "kind": {"enum": list(flooding.AFFECTED)},
+    "class": _nullable("string"),
+    "name": _nullable("string"),
+    "depth_m": _nullable(
+        "number", description="Deepest water at a building's walls or at a facility"
+    ),
+    "flooded_m": _nullable("number", description="Length of a road under more than 0.3 m"),
+    "residents": _nullable("number"),
+    "flooded": {
+        "type": "boolean",
+        "description": "A building with water above its sill (0.15 m), an impassable road, a"
+        " facility reached",
+    },
+    "basement_at_risk": _nullable("boolean"),
+    "critical": _nullable("boolean"),
+}
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+"""The media type of a Cloud-Optimised GeoTIFF."""
+RASTER_TITLES = {
+    "max_depth": "Deepest water (m)",
+    "max_speed": "Fastest flow (m/s)",
+    "hazard": "Worst hazard class (0 none, 1 low, 2 moderate, 3 significant, 4 extreme)",
+    "first_wet": "When the water first rose above 1 cm (s from the start of the storm)",
+    "wet_duration": "How long the water stood above 1 cm (s)",
+}
+MAX_FLOOD_CELLS = 1_000_000
+"""Most grid cells a flood run may have (a larger cell size or a smaller area otherwise)."""
+_LINK = {
+    "type": "object",
+    "required": ["href", "rel", "type"],
+    "properties": {
+        "href": {"type": "string"},
+        "rel": {"type": "string"},
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+    },
+}
+
+
+class FloodStormProcess(Process):
+    id = "flood-storm"
+    title = "Rainstorm flood"
+    title_zh = "暴雨内涝模拟"
+    description = (
+        "Run a Chicago design storm (Guangzhou's storm intensity formula) of a return period"
+        " and duration on the twin's surface — terrain, buildings as walls, road and ground"
+        " roughness, infiltration — alone or coupled to its storm drains through SWMM, and keep"
+        " it as a flood scenario: the buildings with water above their sill, residents"
+        " affected, impassable roads, critical facilities reached, the deepest water and the"
+        " mass balance, with its rasters as Cloud-Optimised GeoTIFF. Needs a signed-in caller;"
+        " coupling needs read access to the drainage network's links."
+    )
+    keywords = ("flood", "rainstorm", "design storm", "inundation", "SWMM", "scenario")
+    access = "a signed-in caller; coupled runs: read access to the drainage network's links"
+    outputs = {  # noqa: RUF012
+        "features": Output(
+            "What the flood reaches",
+            "The buildings, roads and critical facilities the flood reaches (kind)",
+            feature_collection(
+                FLOOD_FEATURE,
+                ["Polygon", "MultiPolygon", "LineString", "MultiLineString", "Point"],
+            ),
+            "application/geo+json",
+        ),
+        "summary": Output(
+            "Scenario summary",
+            "What the flood reaches in all, its extremes and its mass balance",
+            {
+                "type": "object",
+                "required": [
+                    "scenario",
+                    "params",
+                    "buildings_flooded",
+                    "residents_affected",
+                    "impassable_length_m",
+                    "facilities_reached",
+                    "critical_facilities_reached",
+                    "max_depth_m",
+                    "mass_balance",
+                ],
+                "properties": {
+                    "scenario": {"type": "string", "description": "The kept scenario's id"},
+                    "params": {"type": "object"},
+                    "flooded_area_m2": {"type": "number"},
+                    "max_depth_m": {"type": "number"},
+                    "hazard_area_m2": {
+                        "type": "object",
+                        "description": "Area per hazard class, m²",
+                        "additionalProperties": {"type": "number"},
+                    },
+                    "first_flooding_s": _nullable("number"),
+                    "buildings_flooded": {"type": "integer"},
+                    "basements_at_risk": {"type": "integer"},
+                    "residents_affected": {"type": "integer"},
+                    "roads_impassable": {"type": "integer"},
+                    "impassable_length_m": {"type": "number"},
+                    "facilities_reached": {"type": "integer"},
+                    "critical_facilities_reached": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "class": {"type": "string"},
+                                "name": _nullable("string"),
+                            },
+                        },
+                    },
+                    "mass_balance": {"type": "object"},
+                    "drainage": {"type": "object"},
+                    "withheld": WITHHELD,
+                },
+            },
+        ),
+        "rasters": Output(
+            "Rasters",
+            "Links (paths on this service) to the kept scenario's rasters: Cloud-Optimised"
+            " GeoTIFF in the twin's CRS",
+            {"type": "array", "items": _LINK},
+        ),
+    }
+
+    def inputs(self, env: Analyses) -> dict[str, Input]:
+        return {
+            "return_period": Input(
+                "return period",
+                "Years between storms this heavy",
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+            ),
+            "duration": Input(
+                "duration",
+                "Minutes of rain (a multiple of 5)",
+                {"type": "number", "minimum": 5, "maximum": 1440, "multipleOf": 5},
+            ),
+            "peak_ratio": Input(
+                "peak position",
+                "When the rain peaks, as a share of the duration (the storm's pattern)",
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.4},
+                0,
+            ),
+            "after": Input(
+                "run on",
+                "Minutes simulated after the rain stops",
+                {"type": "number", "minimum": 0, "maximum": 1440, "default": 60},
+                0,
+            ),
+            "cell": Input(
+                "cell size",
+                f"Grid cell size, m (at most {MAX_FLOOD_CELLS:,} cells)",
+                {"type": "number", "minimum": 1, "maximum": 100, "default": 5},
+                0,
+            ),
+            "solver": Input(
+                "solver",
+                "inertial (local inertia: fast) or swe (the full shallow-water equations)",
+                {"type": "string", "enum": ["inertial", "swe"], "default": "inertial"},
+                0,
+            ),
+            "coupled": Input(
+                "coupled to the drains",
+                "Exchange water with the storm (or combined) drainage network through SWMM",
+                {"type": "boolean", "default": False},
+                0,
+            ),
+            "bbox": Input(
+                "area of interest", "Only this area (CRS84); default: the whole terrain", BBOX, 0
+            ),
+        }
+
+    def prepare(self, env: Analyses, who: Principal, values: dict[str, Any]) -> Work:
+        if who.anonymous:
+            raise Unauthorized(
+                "running a flood simulation needs a signed-in user",
+                hint="send your API key (X-API-Key) or a bearer token (POST /oauth/token)",
+            )
+        if values["coupled"]:
+            drains = [n for n in ("storm", "combined") if n in env.networks()]
+            if not drains:
+                raise InvalidInput(
+                    "the twin publishes no storm or combined drainage network to couple",
+                    hint="run it with coupled false",
+                )
+            env.grant(who, f"{drains[0]}_links")
+        grants = flood_grants(env, who)
+        bounds = env.geometry(values["bbox"], "bbox").bounds if values.get("bbox") else None
+        cell = float(values["cell"])
+        rows, cols = flooding.grid_shape(env.store, cell=cell, bounds=bounds)
+        if rows * cols > MAX_FLOOD_CELLS:
+            raise InvalidInput(
+                f"a {cell:g} m grid of this area has {rows * cols:,} cells;"
+                f" at most {MAX_FLOOD_CELLS:,}",
+                hint="give a larger cell size or a smaller bbox",
+            )
+        storm = dict(
+            return_period=float(values["return_period"]),
+            duration_min=float(values["duration"]),
+            after_min=float(values["after"]),
+            solver=values["solver"],
+            cell=cell,
+            bounds=bounds,
+            coupled=bool(values["coupled"]),
+        )
+        peak = float(values["peak_ratio"])
+        try:
+            rain = design_storm(storm["return_period"], storm["duration_min"], peak_ratio=peak)
+        except ValueError as exc:
+            raise InvalidInput(f"the design storm: {exc}") from None
+
+        def work(control: JobControl) -> dict[str, Any]:
+            control.progress(2, "building the grid")
+            scenario = flooding.run_storm(
+                env.store, rain=rain, on_step=_flood_progress(control, storm), **storm
+            )
+            scenario.params["peak_ratio"] = peak
+            control.progress(92, "keeping the scenario")
+            key = flooding.save_scenario(env.store, scenario)
+            return flood_results(env, env.store.get_document(key) or {}, grants)
+
+        return work
+
+
+def _flood_progress(control: JobControl, storm: dict[str, Any]) -> Callable[[float, float], None]:
+    """The simulation's step callback: progress from 5 to 90 % with the simulated time (at most
+    twice a second), and the end of the run once the job is dismissed."""
+    seconds = (storm["duration_min"] + storm["after_min"]) * 60.0
+    last = [0.0, -1]
+
+    def step(t: float, dt_: float) -> None:
+        if control.dismissed:
+            raise JobDismissed("the flood run was dismissed")
+        percent = 5 + int(85 * min(1.0, t / seconds))
+        now = time.monotonic()
+        if percent != last[1] and now - last[0] >= 0.5:
+            last[:] = [now, percent]
+            control.progress(
+                percent, f"simulating: {t / 60:.0f} of {seconds / 60:g} min (step {dt_:.2f} s)"
+            )
+
+    return step
+
+
+def flood_grants(env: Analyses, who: Principal) -> dict[str, Grant | None]:
+    """The caller's grants on the collections a flood reaches (None: not readable)."""
+    return {cid: env.grant_or_none(who, cid) for cid in flooding.AFFECTED.values()}
+
+
+def flood_results(
+    env: Analyses, doc: dict[str, Any], grants: dict[str, Grant | None]
+) -> dict[str, Any]:
+    """A kept flood scenario as the process's results (``features``, ``summary``, ``rasters``):
+    features of collections the caller may not read, and rows their grant hides, are left out
+    and counted in ``summary.withheld`` (critical facilities among them as well)."""
+    found = flooding.affected_features(env.store, doc)
+    shown, withheld = [], {}
+    for kind, cid in flooding.AFFECTED.items():
+        admitted, hidden = env.admit(grants.get(cid), found[found["kind"] == kind])
+        shown.append(admitted)
+        withheld[cid] = hidden
+    frame = gpd.GeoDataFrame(pd.concat(shown, ignore_index=True), crs=found.crs)
+    facilities = set(frame.loc[frame["kind"] == "facility", "id"])
+    sid = str(doc.get("id"))
+    summary = {
+        **doc.get("summary", {}),
+        "scenario": sid,
+        "params": doc.get("params", {}),
+        "facilities_reached": len(doc.get("facilities") or ()),
+        "withheld": _withheld(withheld),
+    }
+    summary["critical_facilities_reached"] = [
+        f for f in summary.get("critical_facilities_reached", []) if f.get("id") in facilities
+    ]
+    rasters = [
+        {
+            "href": f"/flood/scenarios/{sid}/rasters/{name}",
+            "rel": "enclosure",
+            "type": COG,
+            "title": RASTER_TITLES.get(name, name),
+        }
+        for name in flooding.RASTERS
+    ]
+    return {
+        "features": _crs84(frame, list(FLOOD_FEATURE)),
+        "summary": summary,
+        "rasters": rasters,
+    }
+
+
 PROCESSES: dict[str, Process] = {
     p.id: p
     for p in (
@@ -1252,6 +1552,7 @@ PROCESSES: dict[str, Process] = {
         IsolateBurstProcess(),
         ExcavationCheckProcess(),
         ClearanceCheckProcess(),
+        FloodStormProcess(),
     )
 }
 """The processes offered, by id."""

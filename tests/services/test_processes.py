@@ -97,6 +97,7 @@ def test_processes_are_listed_and_described(api, service_ctx):
         "isolate-burst",
         "excavation-check",
         "clearance-check",
+        "flood-storm",
     ]
     networks = sorted(
         c.network for c in service_ctx.catalogue if c.layer == "utility_links" and c.network

@@ -571,6 +571,16 @@ async function main() {
 
   setUpSearch(map, info, collections);
 
+  // the flood panel: its module and data are fetched only once it is opened
+  let flood = null;
+  const openFlood = () => {
+    if (!$('flood').open) return;
+    flood ||= import('./flood.js').then(({ FloodPanel }) => (api.flood = new FloodPanel({ map, info, root: $('flood-body'), signedIn: !!credentials() })));
+    flood.then((panel) => panel.refresh()).catch((err) => problem(`flood: ${err.message}`));
+  };
+  $('flood').addEventListener('toggle', openFlood);
+  openFlood();
+
   await Promise.all([alarms.load(early), sensors.load(sensorsEarly)]);
   notes.push(...alarms.problems);
   mark('panels');
