@@ -457,9 +457,9 @@ def _plain(v: Any) -> Any:
     raise TypeError(type(v).__name__)
 
 
-def draw_flood(scenario: FloodScenario, png: str | Path) -> Path:
+def draw_flood(scenario: FloodScenario, png: str | Path, *, virtual: bool = False) -> Path:
     """A map of the flood: the deepest water over the terrain's hillshade, buildings, and the
-    impassable roads."""
+    impassable roads (``virtual``: the twin is a virtual city, and the title says so)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -495,8 +495,13 @@ def draw_flood(scenario: FloodScenario, png: str | Path) -> Path:
     fig.colorbar(im, ax=ax, shrink=0.7, label="deepest water (m)")
     p = scenario.params
     s = scenario.summary
+    storm = (
+        f"{p['return_period']:g}-year {p['duration_min']:g}-min storm"
+        if "return_period" in p
+        else f"forecast {p.get('forecast', '')} issued {p.get('issued', '?')}"
+    )
     ax.set_title(
-        f"VIRTUAL CITY — {p['return_period']:g}-year {p['duration_min']:g}-min storm"
+        f"{'VIRTUAL CITY — ' if virtual else ''}{storm}"
         f" ({'coupled to the drains' if p.get('coupled') else 'surface only'}):"
         f" {s['buildings_flooded']} buildings, {s['residents_affected']} residents,"
         f" {s['impassable_length_m'] / 1000:.1f} km of road impassable",

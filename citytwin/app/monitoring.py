@@ -112,9 +112,12 @@ class IncidentCorrelator:
         """Take a new rule set (after a reload)."""
         every = rules.rules if rules is not None else ()
         self._directions = {r.id: r.condition.direction for r in every if r.condition}
-        # the rules whose alarms can correlate (a silent sensor says nothing about the city):
-        # only their active alarms are read, however many meters have gone quiet
-        self._correlating = [r.id for r in every if r.kind != "no_data"] if rules else None
+        # the rules whose alarms can correlate (a silent sensor says nothing about the city, a
+        # prediction nothing of what is happening): only their active alarms are read, however
+        # many meters have gone quiet
+        self._correlating = (
+            [r.id for r in every if r.kind not in ("no_data", "predicted")] if rules else None
+        )
 
     def refresh(self) -> None:
         """Forget the networks and datastreams read so far (read again on the next call)."""

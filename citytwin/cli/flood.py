@@ -1,5 +1,6 @@
 """``citytwin flood``: design storms, storm runs on the twin's surface (alone or coupled to its
-drains), ensembles, and what a stored scenario's flood reaches."""
+drains), ensembles, rainfall forecasts (a run and its predicted-flooding alarms), and what a
+stored scenario's flood reaches."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from rich.table import Table
 from citytwin.cli.common import TwinOption, cell, console, floats, open_twin, progress, run
 
 flood_app = typer.Typer(
-    help="Rainstorm flooding: design storms, runs, ensembles, impacts.", no_args_is_help=True
+    help="Rainstorm flooding: design storms, runs, ensembles, forecasts, impacts.",
+    no_args_is_help=True,
 )
 
 ReturnPeriod = Annotated[float, typer.Option("--return-period", "-P", help="Years.")]
@@ -116,7 +118,7 @@ def run_flood(
         if key:
             console.print(f"kept as {key} (rasters {key}/max_depth …)")
         if png is not None:
-            console.print(f"drew {draw_flood(scenario, png)}")
+            console.print(f"drew {draw_flood(scenario, png, virtual=store.meta.virtual)}")
 
     run(body)
 
@@ -188,6 +190,81 @@ def ensemble(
 
 
 @flood_app.command()
+def forecast(
+    file: Annotated[Path, typer.Argument(help="The rainfall forecast: NetCDF (.nc) or GeoTIFF.")],
+    twin: TwinOption,
+    issued: Annotated[
+        str | None,
+        typer.Option(
+            help="When the forecast was issued (ISO 8601; naive is UTC). Default: the file's "
+            "'issued' attribute or tag, else the start of its rain."
+        ),
+    ] = None,
+    after: Annotated[float, typer.Option(help="Minutes run on after the rain.")] = 60.0,
+    coupled: Annotated[
+        bool, typer.Option("--coupled/--surface-only", help="Couple the drains (SWMM).")
+    ] = False,
+    solver: Annotated[str, typer.Option(help="inertial (local inertia) or swe.")] = "inertial",
+    cell_size: Annotated[float, typer.Option("--cell", help="Cell size (m).")] = 10.0,
+    bbox: Annotated[str | None, typer.Option(help="minx,miny,maxx,maxy (twin CRS).")] = None,
+    variable: Annotated[
+        str | None, typer.Option(help="The NetCDF variable of the rain (if several).")
+    ] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(help="Rule file with 'predicted' rules. Default: the twin's rules."),
+    ] = None,
+) -> None:
+    """Run the flood model on a rainfall forecast, keep the scenario, and raise (or clear) the
+    twin's predicted-flooding alarms with their lead times."""
+
+    def body() -> None:
+        from citytwin.app.forecast import run_forecast
+        from citytwin.warning.rules import load_rules
+
+        rule_set = load_rules(rules) if rules is not None else None
+        with open_twin(twin) as store, progress("forecast") as report:
+
+            def step(t: float, dt: float) -> None:
+                report(f"forecast: {t / 60:5.1f} min (step {dt:.2f} s)", int(t), None)
+
+            done = run_forecast(
+                store,
+                file,
+                issued=issued,
+                rules=rule_set,
+                cell=cell_size,
+                bounds=floats(bbox, 4, "--bbox"),
+                after_min=after,
+                solver=solver,
+                coupled=coupled,
+                variable=variable,
+                on_step=step,
+            )  # type: ignore[arg-type]
+        _report(done.scenario.summary, done.scenario.params)
+        console.print(f"kept as {done.key}; rain from {done.start:%Y-%m-%d %H:%M}Z")
+        changes = done.changes
+        alarms = changes.alarms.set_index("alarm_id") if len(changes.alarms) else None
+        table = Table(title=f"predicted-flooding alarms: {len(changes.changes)} changes")
+        for c in ("change", "severity", "asset", "depth m", "in min", "rule"):
+            table.add_column(c, justify="right" if c in ("depth m", "in min") else "left")
+        for row in changes.changes.itertuples(index=False):
+            a = alarms.loc[row.alarm_id]  # type: ignore[union-attr]
+            lead = a["lead_time_s"] / 60 if a["status"] == "active" else None
+            table.add_row(
+                row.change,
+                row.severity,
+                a["source"],
+                cell(a["value"]),
+                "" if lead is None else f"{lead:.0f}",
+                a["rule_id"],
+            )
+        console.print(table)
+
+    run(body)
+
+
+@flood_app.command()
 def impacts(
     twin: TwinOption,
     scenario: Annotated[
@@ -228,9 +305,13 @@ def impacts(
 
 
 def _report(summary: dict, params: dict) -> None:
+    storm = (
+        f"forecast {params['forecast']} issued {params['issued']}"
+        if "forecast" in params
+        else f"{params['return_period']:g}-year {params['duration_min']:g}-min storm"
+    )
     table = Table(
-        title=f"{params['return_period']:g}-year {params['duration_min']:g}-min storm,"
-        f" {'coupled to the drains' if params['coupled'] else 'surface only'},"
+        title=f"{storm}, {'coupled to the drains' if params['coupled'] else 'surface only'},"
         f" {params['solver']} solver, {params['cell']:g} m cells"
     )
     table.add_column("what")

@@ -121,6 +121,14 @@ def serve(
         ),
     ] = 0.0,
     speedup: Annotated[float, typer.Option(help="Pace of --replay (times real time).")] = 30.0,
+    forecast_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Watch this folder for rainfall forecasts (NetCDF / GeoTIFF): each one dropped "
+            "in runs the flood model and raises predicted-flooding alarms, then moves to done/ "
+            "(or failed/, with why)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the twin: OGC API Features, Tiles and Processes, the SensorThings API (read and
     ingestion), the catalogue, alarms, incidents, the event stream and the operations
@@ -129,6 +137,8 @@ def serve(
     def body() -> None:
         if replay_hours < 0 or not speedup > 0:
             raise InvalidInput("--replay and --speedup must be positive")
+        if forecast_dir is not None and not forecast_dir.is_dir():
+            raise InvalidInput(f"--forecast-dir {forecast_dir}: no such folder", hint="make it")
         service = _service(twin, rules, clock, webhook)
         if mqtt:
             service.add_mqtt(*_host_port(mqtt), workers=workers)
@@ -137,6 +147,7 @@ def serve(
             port,
             replay_hours=replay_hours,
             speedup=speedup,
+            forecast_dir=forecast_dir,
             banner=lambda text: console.print(f"serving {twin}; Ctrl-C stops\n{text}"),
         )
 

@@ -200,17 +200,29 @@ def _resampled(
         raise InvalidInput(
             f"{name}: unknown rain units {units!r}", hint=f"one of {', '.join(_PER_HOUR)} or mm"
         )
-    out = np.zeros((len(mm_h), *grid.shape))
+    out = np.full((len(mm_h), *grid.shape), np.nan)
     coarser = abs(src.a) > grid.dx
     for k, band in enumerate(mm_h):
         reproject(
-            np.nan_to_num(band, nan=0.0),
+            band,
             out[k],
             src_transform=src,
             src_crs=RioCRS.from_wkt(crs.to_wkt()),
+            src_nodata=np.nan,
             dst_transform=grid.transform,
             dst_crs=RioCRS.from_user_input(grid.crs),
+            dst_nodata=np.nan,
             resampling=Resampling.bilinear if coarser else Resampling.average,
+        )
+    missing = np.isnan(out)
+    if missing.any():  # rain unknown is not no rain: a run would read it as dry
+        k = int(np.argmax(missing.reshape(len(out), -1).any(axis=1)))
+        share = 100.0 * (1.0 - missing[k].mean())
+        raise InvalidInput(
+            f"{name}: the rain at {dt.datetime.fromtimestamp(t[k], dt.UTC):%Y-%m-%d %H:%M}Z"
+            f" covers {share:.1f} % of the grid's cells (the rest is outside the file or"
+            " missing)",
+            hint="give rain over the whole area (0 where dry), or narrow the run's bounds",
         )
     if np.any(out < -1e-9):
         raise InvalidInput(f"{name}: negative rain")

@@ -4,8 +4,10 @@ MQTT workers and the HTTP app — wired once here, for ``citytwin sense serve | 
 and the tests and benchmarks.
 
 Embedded default: one process holds the twin (DuckDB allows one writer); HTTP ingestion, the
-dispatcher and the clock run in it. ``add_mqtt`` adds MQTT ingest workers to the same process
-(shared subscription, so more processes could share the load against a server store).
+dispatcher and the clock run in it, and, when given a folder, the flood forecasts dropped into
+it (``watch_forecasts``: each runs the flood model and raises predicted-flooding alarms).
+``add_mqtt`` adds MQTT ingest workers to the same process (shared subscription, so more
+processes could share the load against a server store).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class MonitoringService:
     mqtt: Any = None
     baseline_s: float = 3600.0
     _baseline_at: float = 0.0
+    forecasts: threading.Thread | None = None
 
     @classmethod
     def open(
@@ -120,6 +123,8 @@ class MonitoringService:
         if getattr(self, "_stop", None) is not None:
             self._stop.set()
             self._ticker.join(5)
+            if self.forecasts is not None:  # a run ends at its next step
+                self.forecasts.join(30)
         self.ingestor.stop()
         self.dispatcher.stop()
         self.store.close()
@@ -135,6 +140,36 @@ class MonitoringService:
         from citytwin.sensing.mqtt import MqttIngest
 
         self.mqtt = MqttIngest(self.ingestor, host, port, workers=workers, **options)
+
+    def watch_forecasts(
+        self, folder: str | Path, *, poll_s: float = 5.0, **options: Any
+    ) -> threading.Thread:
+        """Run the rainfall forecasts dropped into ``folder`` (``app.forecast.ForecastInbox``)
+        on the started service, polling every ``poll_s`` seconds, with the rules and webhooks
+        in force; their alarms go out as the readings' do. Returns the thread (a daemon)."""
+        from citytwin.app.forecast import ForecastInbox
+
+        inbox = ForecastInbox(
+            self.store,
+            Path(folder),
+            rules=lambda: self.ingestor.rules,
+            webhooks=lambda: self.ingestor.webhooks,
+            hub=self.hub,
+            dispatcher=self.dispatcher,
+            stop=self._stop,
+            options=options,
+        )
+
+        def run() -> None:
+            while not self._stop.wait(poll_s):
+                try:
+                    inbox.poll()
+                except Exception:  # the folder gone for a moment: try again at the next poll
+                    log.exception("forecast folder %s", folder)
+
+        self.forecasts = threading.Thread(target=run, name="citytwin-forecasts", daemon=True)
+        self.forecasts.start()
+        return self.forecasts
 
     def http_app(self, on_started: Callable[[], Any] | None = None) -> Any:
         """The FastAPI app (starting and stopping this service with it; ``on_started`` runs
@@ -184,11 +219,13 @@ class MonitoringService:
         *,
         replay_hours: float = 0.0,
         speedup: float = 30.0,
+        forecast_dir: str | Path | None = None,
         banner: Callable[[str], Any] | None = None,
     ) -> None:
         """Serve the twin's app with uvicorn until interrupted (Ctrl-C / SIGTERM), optionally
-        replaying ``replay_hours`` of the virtual city's sensors into it; ``banner`` hears the
-        addresses once the service listens."""
+        replaying ``replay_hours`` of the virtual city's sensors into it and running the
+        rainfall forecasts dropped into ``forecast_dir``; ``banner`` hears the addresses once
+        the service listens."""
         import uvicorn
 
         base = f"http://{host}:{port}"
@@ -196,6 +233,8 @@ class MonitoringService:
         def started() -> None:
             if replay_hours:
                 self.replay_live(replay_hours, speedup=speedup)
+            if forecast_dir is not None:
+                self.watch_forecasts(forecast_dir)
             if banner is not None:
                 banner(
                     f"  console      {base}/console/\n"
@@ -218,7 +257,8 @@ class MonitoringService:
     def describe(self) -> str:
         rules = self.ingestor.rules
         n = 0 if rules is None else len(rules.enabled)
-        return f"{n} rules, clock {self.clock}, {len(self.ingestor.webhooks)} webhooks"
+        text = f"{n} rules, clock {self.clock}, {len(self.ingestor.webhooks)} webhooks"
+        return text + (", watching a forecast folder" if self.forecasts is not None else "")
 
     # -- the clock ------------------------------------------------------------------------
     def _tick_loop(self) -> None:

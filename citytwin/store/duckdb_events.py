@@ -67,6 +67,8 @@ _SPECS: dict[str, tuple[tuple[str, str], ...]] = {
         ("incident_id", "VARCHAR"),
         ("escalations", "INTEGER NOT NULL"),
         ("escalated_at", "TIMESTAMP"),
+        ("scenario_id", "VARCHAR"),
+        ("lead_time_s", "DOUBLE"),
     ),
     "alarm_log": (
         ("alarm_id", "VARCHAR NOT NULL"),
@@ -134,12 +136,20 @@ def _ddl(name: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(cols)})"
 
 
+_ADDED = {"alarms": ("scenario_id", "lead_time_s")}
+"""Columns added since the tables were first made: added to older twins when they are opened
+for writing, read as empty from those opened read-only."""
 EVENT_TABLES = (
     "CREATE SEQUENCE IF NOT EXISTS outbox_ids START 1",
     "CREATE SEQUENCE IF NOT EXISTS alarm_log_seq START 1",
     *(_ddl(name) for name in _SPECS),
     "CREATE TABLE IF NOT EXISTS open_alarms (rule_id VARCHAR NOT NULL, source VARCHAR NOT NULL,"
     " alarm_id VARCHAR NOT NULL, PRIMARY KEY (rule_id, source))",
+    *(
+        f'ALTER TABLE {name} ADD COLUMN IF NOT EXISTS "{c}" {dict(_SPECS[name])[c]}'
+        for name, added in _ADDED.items()
+        for c in added
+    ),
 )
 """DDL of the tables, run when a twin is created and when one is opened (older twins)."""
 
@@ -313,6 +323,12 @@ class EventStoreMixin:
                 ).fetchone()[0]
             )
             self._events_ready = ready
+            self._events_lacking: dict[str, set[str]] = {}
+            for name, added in _ADDED.items() if ready else ():
+                have = self.con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [name]
+                ).fetchall()
+                self._events_lacking[name] = set(added) - {c for (c,) in have}
         if not ready:
             raise NotFound(
                 f"{self.path} has no alarm tables: it was made by an older CityTwin;"
@@ -326,7 +342,15 @@ class EventStoreMixin:
             return _frame(self.con.execute(sql, list(params)).to_arrow_table(), table)
 
     def _event_cols(self, table: str, alias: str = "") -> str:
-        return ", ".join(f'{alias}"{c}"' for c in COLUMNS[table])  # "at" is a keyword
+        with self._lock:
+            self._require_events()
+        lacking = self._events_lacking.get(table, ())  # an older twin opened read-only
+        return ", ".join(  # "at" is a keyword
+            f'NULL::{dict(_SPECS[table])[c].split()[0]} AS "{c}"'
+            if c in lacking
+            else f'{alias}"{c}"'
+            for c in COLUMNS[table]
+        )
 
     # -- alarms -------------------------------------------------------------------------------
     def alarms_for(self, pairs: pd.DataFrame) -> pd.DataFrame:

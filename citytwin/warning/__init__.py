@@ -7,6 +7,7 @@ into alarm events (``engine``), with same-hour-of-week baselines for anomaly rul
     engine = Engine(rules, catalog)
     events = engine.evaluate(readings).events           # raise / escalate / deescalate / clear
     engine.reload(load_rules("rules.yaml"))             # unchanged rules keep their state
+    evaluate_predictions(rules, impacts, issued, active=...)  # 'predicted' rules on a forecast
 
 Alarms (``alarms``) are the life of those events: raised, escalated, cleared, acknowledged,
 escalated again when nobody answers, notified through webhooks (outbox rows)::
@@ -53,6 +54,8 @@ from citytwin.warning.engine import (
     DROP_REASONS,
     EVENT_COLUMNS,
     EVENTS,
+    IMPACT_COLUMNS,
+    PREDICTED_EVENT_COLUMNS,
     Catalog,
     Engine,
     EngineState,
@@ -60,12 +63,15 @@ from citytwin.warning.engine import (
     active_conditions,
     coverage,
     evaluate,
+    evaluate_predictions,
 )
 from citytwin.warning.rules import (
+    ASSET_KINDS,
     KINDS,
     LEVEL_ZH,
     LEVELS,
     Condition,
+    Prediction,
     Rule,
     RuleSet,
     Selector,
@@ -78,18 +84,21 @@ from citytwin.warning.rules import (
 __all__ = [
     "ALARM_COLUMNS",
     "ALARM_LOG_COLUMNS",
+    "ASSET_KINDS",
     "CHANGE_COLUMNS",
     "CHANGE_EVENTS",
     "DELIVERY_COLUMNS",
     "DROP_REASONS",
     "EVENTS",
     "EVENT_COLUMNS",
+    "IMPACT_COLUMNS",
     "INCIDENT_COLUMNS",
     "KINDS",
     "LEVELS",
     "LEVEL_ZH",
     "NOTIFY_EVENTS",
     "OUTBOX_COLUMNS",
+    "PREDICTED_EVENT_COLUMNS",
     "AlarmChanges",
     "Baseline",
     "Catalog",
@@ -98,6 +107,7 @@ __all__ = [
     "EngineState",
     "EscalationPolicy",
     "Evaluation",
+    "Prediction",
     "Rule",
     "RuleSet",
     "Selector",
@@ -119,6 +129,7 @@ __all__ = [
     "empty_incidents",
     "empty_outbox",
     "evaluate",
+    "evaluate_predictions",
     "hour_of_week",
     "incident_notification_rows",
     "load_rules",

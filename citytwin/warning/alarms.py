@@ -65,6 +65,8 @@ _KINDS: dict[str, dict[str, str]] = {
         "incident_id": _STR,
         "escalations": _INT,
         "escalated_at": _TIME,
+        "scenario_id": _STR,  # predicted alarms: the forecast's flood scenario ...
+        "lead_time_s": _FLOAT,  # ... and the time until the flooding it predicts (at updated_at)
     },
     "alarm_log": {
         "alarm_id": _STR,
@@ -344,7 +346,9 @@ def apply_events(
     alarm (an operator cleared it) changes nothing and comes back in ``skipped`` (a clear and
     a raise of one pair at one time replay right too). A raise while an alarm of the pair is
     active updates that alarm (there is never a second active alarm). Acknowledgement is kept
-    across escalations; ``max_severity`` is the highest level reached."""
+    across escalations; ``max_severity`` is the highest level reached. Events of ``predicted``
+    rules (``engine.evaluate_predictions``) carry the alarm's ``lead_time_s`` and
+    ``scenario_id`` (kept from each event that has them) and its place (``x``, ``y``)."""
     missing = [c for c in _EVENT_NEEDS if c not in events]
     if missing:
         raise InvalidInput(
@@ -424,6 +428,7 @@ def apply_events(
                 continue
             alarm.update(status="cleared", cleared_at=t, updated_at=t, value=value)
             alarm["message"] = message or alarm["message"]
+            _predicted(alarm, ev)
             changed[alarm["alarm_id"]] = alarm
             log.append(_log(alarm, t, "clear", ENGINE, alarm["severity"], value, message))
             changes.append(_change(alarm, "cleared", t, alarm["severity"], alarm["severity"]))
@@ -434,6 +439,7 @@ def apply_events(
         before = alarm["severity"]
         alarm.update(severity=level, updated_at=t, value=value)
         alarm["message"] = message or alarm["message"]
+        _predicted(alarm, ev)
         if _RANK[level] > _RANK.get(alarm["max_severity"], -1):
             alarm["max_severity"] = level
         changed[alarm["alarm_id"]] = alarm
@@ -472,10 +478,19 @@ def _places(context: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     }
 
 
+def _predicted(alarm: dict[str, Any], ev: Mapping[str, Any]) -> dict[str, Any]:
+    """Take a prediction's lead time and scenario from its event (when it has them)."""
+    for key in ("scenario_id", "lead_time_s"):
+        if not _missing(ev.get(key)):
+            alarm[key] = ev[key]
+    return alarm
+
+
 def _new_alarm(ev, pair, t, level, value, message, places) -> dict[str, Any]:
     ds = None if _missing(ev.get("datastream_id")) else str(ev["datastream_id"])
-    place = places.get(ds, {}) if ds is not None else {}
-    return {
+    place = dict(places.get(ds, {})) if ds is not None else {}
+    place.update({k: ev[k] for k in ("network", "zone", "x", "y") if not _missing(ev.get(k))})
+    alarm = {
         "alarm_id": alarm_key(pair[0], pair[1], t),
         "rule_id": pair[0],
         "kind": None if _missing(ev.get("kind")) else str(ev["kind"]),
@@ -501,7 +516,10 @@ def _new_alarm(ev, pair, t, level, value, message, places) -> dict[str, Any]:
         "incident_id": None,
         "escalations": 0,
         "escalated_at": pd.NaT,
+        "scenario_id": None,
+        "lead_time_s": None,
     }
+    return _predicted(alarm, ev)
 
 
 def _log(alarm, at, action, actor, severity, value, text) -> dict[str, Any]:

@@ -28,6 +28,15 @@ its datastream's latest one already evaluated is a duplicate or late, and is ret
 ``dropped`` rather than evaluated. Readings of several datastreams with the same time must come
 in one batch for composites (whose groups combine datastreams) to see them together.
 
+Predictions: ``predicted`` rules are not evaluated on readings but on a flood forecast's
+impact table, by ``evaluate_predictions(rules, impacts, issued, active=...)``: per asset, the
+predicted depth (``value``) against the rule's levels and the predicted onset of flooding
+against its ``within``; events of the same shape (``PREDICTED_EVENT_COLUMNS``: the lead time,
+the scenario and the asset's place besides), all at the issue time: ``raise`` for an asset
+newly predicted, ``escalate`` / ``deescalate`` when an active prediction changes level,
+``raise`` again at the same level (the forecast confirms it: new value and lead time), and
+``clear`` for an active prediction the forecast assessed and no longer predicts.
+
 Reload: each rule's state carries the rule's fingerprint; a rule whose fingerprint changed, or
 that was removed or disabled, loses its state, and its active conditions are cleared (events
 with the watermark's time); unchanged rules keep theirs. The state is aligned to a catalog and
@@ -41,6 +50,7 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -49,7 +59,15 @@ import pandas as pd
 from citytwin.errors import InvalidInput
 from citytwin.warning.baseline import MAD_TO_SIGMA, Baseline, hour_of_week
 from citytwin.warning.kernels import NO_TIME, combine, rates, scan_levels, silences
-from citytwin.warning.rules import LEVEL_ZH, UNITS, Condition, Rule, RuleSet, Selector
+from citytwin.warning.rules import (
+    LEVEL_ZH,
+    LEVELS,
+    UNITS,
+    Condition,
+    Rule,
+    RuleSet,
+    Selector,
+)
 
 EVENTS = ("raise", "escalate", "deescalate", "clear")
 EVENT_COLUMNS = (
@@ -285,9 +303,10 @@ def _unit_scale(rule: Rule, cond: Condition, catalog: Catalog, rows: np.ndarray)
 
 
 def coverage(rules: RuleSet, catalog: Catalog) -> pd.Series:
-    """How many datastreams each enabled rule watches (for a composite: in any group)."""
+    """How many datastreams each enabled rule on readings watches (for a composite: in any
+    group)."""
     out = {}
-    for rule in rules.enabled:
+    for rule in rules.on_readings:
         b = _bind(rule, catalog)
         if rule.kind == "composite":
             out[rule.id] = sum(int((np.diff(t.member_ptr) > 0).sum()) for t in b.tracks)
@@ -663,7 +682,7 @@ def _empty_events() -> pd.DataFrame:
     return df
 
 
-def _message(rule: Rule | None, template: str, row: Any, unit: str) -> str:
+def _message(rule: Rule | None, template: str, row: Any, unit: str, **extra: Any) -> str:
     fields = dict(
         rule_id=row.rule_id,
         rule_name=(rule.name if rule else "") or row.rule_id,
@@ -678,6 +697,7 @@ def _message(rule: Rule | None, template: str, row: Any, unit: str) -> str:
         signal=row.signal,
         unit=unit,
         time=row.time,
+        **extra,
     )
     try:
         return template.format(**fields)
@@ -694,13 +714,14 @@ def evaluate(
     now: Any = None,
     baseline: Baseline | None = None,
 ) -> Evaluation:
-    """Evaluate a batch of readings against the enabled rules, continuing from ``state``
+    """Evaluate a batch of readings against the enabled rules on readings (``predicted``
+    rules wait for forecasts: ``evaluate_predictions``), continuing from ``state``
     (``None``: a fresh start). ``now`` (optional) moves the watermark for ``no_data`` rules
     past the latest reading; ``baseline`` is needed by ``anomaly`` rules. Pure: the given
     state is not changed."""
     st = EngineState() if state is None else state.copy()
     out = _Events()
-    ranks = {r.id: k for k, r in enumerate(rules.enabled)}
+    ranks = {r.id: k for k, r in enumerate(rules.on_readings)}
     _reconcile(rules, st, catalog, out, len(ranks))
     if st.token != catalog.token:
         st.seen_ids, st.seen_t = _realign_seen(st, catalog)
@@ -713,7 +734,7 @@ def evaluate(
         marks.append(_ns(now))
     st.watermark = max(marks)
     units = {}
-    for rule in rules.enabled:
+    for rule in rules.on_readings:
         binding = _bind(rule, catalog)
         rs = _rule_state(rule, binding, st, catalog)
         if rule.kind == "no_data":
@@ -770,7 +791,7 @@ def _rule_state(rule: Rule, binding: _Binding, st: EngineState, catalog: Catalog
 def _reconcile(rules: RuleSet, st: EngineState, catalog: Catalog, out: _Events, rank: int):
     """Drop the state of rules that changed, were removed or disabled; clear what they had
     active (at the watermark)."""
-    current = {r.id: r.fingerprint for r in rules.enabled}
+    current = {r.id: r.fingerprint for r in rules.on_readings}
     for rid in list(st.rules):
         rs = st.rules[rid]
         if current.get(rid) == rs.fingerprint:
@@ -995,6 +1016,256 @@ def _members(track: _Track, loc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return track.member_grp[start[which] + offset], which
 
 
+# -- predictions ---------------------------------------------------------------------------
+IMPACT_COLUMNS = ("asset_id", "asset_kind", "value", "onset")
+"""A forecast's impact table (``evaluate_predictions``): one row per asset and kind
+(``rules.ASSET_KINDS``; an asset may be of several, a building with a basement is both), the
+deepest water predicted there (m; NaN: not assessed, e.g. off the forecast's grid) and when
+flooding is predicted to start there (a time; NaT: not flooded). Optional: ``x``, ``y`` (where
+the alarm is shown) and ``name``."""
+PREDICTED_EVENT_COLUMNS = (*EVENT_COLUMNS, "lead_time_s", "scenario_id", "x", "y")
+"""The events of ``evaluate_predictions``: the engine's, with the lead time (seconds from the
+issue time to the predicted onset; NaN for a clear), the forecast's scenario and the asset's
+place."""
+_PREDICTED_MESSAGE = (
+    "{rule_name}: {asset_name} {value:.2f} {unit} predicted in {lead_min:.0f} min"
+    " ({event}, {level_zh})"
+)
+_PREDICTED_CLEAR = (
+    "{rule_name}: {asset_name} no longer predicted to flood ({value:.2f} {unit} predicted;"
+    " forecast {scenario_id})"
+)
+_LEVEL_RANK = {name: k for k, name in enumerate(LEVELS)}
+_NO_TIME = pd.Timedelta(0)
+
+
+def evaluate_predictions(
+    rules: RuleSet,
+    impacts: pd.DataFrame,
+    issued: Any,
+    *,
+    active: pd.DataFrame | None = None,
+    scenario_id: str | None = None,
+) -> pd.DataFrame:
+    """The events (``PREDICTED_EVENT_COLUMNS``, all at ``issued``) of a flood forecast issued
+    at ``issued`` for the enabled ``predicted`` rules, from its impact table
+    (``IMPACT_COLUMNS``) and the predictions active before it (``active``: ``rule_id``,
+    ``source``, ``level``; the source is the asset id).
+
+    A rule predicts an asset of its kinds (and among its ``assets``) whose predicted depth,
+    in the rule's unit, reaches a level, where flooding is predicted to start, and, with
+    ``within``, to start no later than that after ``issued``. The lead time is onset −
+    issued (0 where flooding is predicted to have begun already). An asset in several rows of
+    one rule (two kinds) counts once, at its deepest. An active prediction is cleared when the
+    forecast assessed its asset for the rule (a finite value) and predicts it no more, or when
+    its rule is no longer an enabled ``predicted`` rule; one the forecast did not assess (off
+    its area) is left as it is. Pure."""
+    table = _impact_table(impacts)
+    t = pd.Timestamp(_ns(issued), tz="UTC")
+    before = _active_predictions(active)
+    rows: list[dict[str, Any]] = []
+    by_id = {r.id: r for r in rules.predicted}
+    assessed_rows = table[np.isfinite(table["value"].to_numpy())]
+    for rank, rule in enumerate(by_id.values()):
+        p = rule.prediction
+        assert p is not None
+        mine = assessed_rows
+        if p.asset_kind:
+            mine = mine[mine["asset_kind"].isin(p.asset_kind)]
+        if p.assets:
+            mine = mine[mine["asset_id"].isin(p.assets)]
+        value = mine["value"].to_numpy() * (UNITS["m"][1] / UNITS[p.unit][1])
+        lead = ((mine["onset"] - t).dt.total_seconds().clip(lower=0.0)).to_numpy()
+        level = np.searchsorted([v for _, v in p.levels], value, side="right") - 1
+        hit = (level >= 0) & np.isfinite(lead)
+        if p.within > _NO_TIME:
+            hit &= lead <= p.within.total_seconds()
+        found = (
+            mine.assign(value=value, lead=lead, level=level)[hit]
+            .sort_values(["value", "asset_id"], ascending=[False, True], kind="stable")
+            .drop_duplicates("asset_id")
+            .sort_values("asset_id", kind="stable")
+        )
+        for row in found.itertuples(index=False):
+            name = p.levels[row.level][0]
+            was = before.get((rule.id, row.asset_id))
+            if was is None or was == name:
+                event = "raise"
+            else:
+                event = "escalate" if _LEVEL_RANK[name] > _LEVEL_RANK[was] else "deescalate"
+            rows.append(_prediction_event(rule, rank, t, event, row, name, was, scenario_id))
+        # the deepest row of each asset the forecast assessed for the rule
+        deepest = mine.assign(value=value).sort_values("value", ascending=False, kind="stable")
+        assessed = deepest.drop_duplicates("asset_id").set_index("asset_id")
+        predicted = set(found["asset_id"])
+        for (rid, source), was in sorted(before.items()):
+            if rid == rule.id and source not in predicted and source in assessed.index:
+                gone = _Asset(source, assessed.loc[source])
+                rows.append(_prediction_event(rule, rank, t, "clear", gone, None, was, scenario_id))
+    for (rid, source), was in sorted(before.items()):
+        if rid not in by_id:
+            rows.append(_removed_prediction(rid, len(by_id), t, source, was, scenario_id))
+    return _prediction_frame(rows)
+
+
+class _Asset:
+    """An assessed asset as ``_prediction_event`` reads it (for a clear)."""
+
+    def __init__(self, asset_id: str, row: pd.Series) -> None:
+        self.asset_id = asset_id
+        self.asset_kind = row["asset_kind"]
+        self.value = row["value"]
+        self.lead = np.nan
+        self.name = row.get("name")
+        self.x, self.y = row.get("x", np.nan), row.get("y", np.nan)
+
+
+def _prediction_event(
+    rule: Rule,
+    rank: int,
+    t: pd.Timestamp,
+    event: str,
+    asset: Any,
+    level: str | None,
+    previous: str | None,
+    scenario_id: str | None,
+) -> dict[str, Any]:
+    """One event of a predicted rule about ``asset`` (a row of the impact table, with its
+    ``value`` in the rule's unit and its ``lead``)."""
+    p = rule.prediction
+    assert p is not None
+    name = getattr(asset, "name", None)
+    row = dict(
+        rank=rank,
+        time=t,
+        rule_id=rule.id,
+        kind=rule.kind,
+        event=event,
+        source=asset.asset_id,
+        level=level,
+        previous_level=previous,
+        value=float(asset.value),
+        signal=float(asset.value),
+        datastream_id=None,
+        asset_id=asset.asset_id,
+        lead_time_s=float(asset.lead),
+        scenario_id=scenario_id,
+        x=float(getattr(asset, "x", np.nan)),
+        y=float(getattr(asset, "y", np.nan)),
+    )
+    template = rule.message or _PREDICTED_MESSAGE
+    if event == "clear":  # a rule's message speaks of the flooding, not of its end
+        template = _PREDICTED_CLEAR
+    row["message"] = _message(
+        rule,
+        template,
+        SimpleNamespace(**row),
+        p.unit,
+        lead_min=float(asset.lead) / 60.0,
+        asset_kind=asset.asset_kind,
+        asset_name=name if isinstance(name, str) and name else asset.asset_id,
+        scenario_id=scenario_id or "",
+    )
+    return row
+
+
+def _removed_prediction(rid, rank, t, source, was, scenario_id) -> dict[str, Any]:
+    return dict(
+        rank=rank,
+        time=t,
+        rule_id=rid,
+        kind="predicted",
+        event="clear",
+        source=source,
+        level=None,
+        previous_level=was,
+        value=np.nan,
+        signal=np.nan,
+        datastream_id=None,
+        asset_id=source,
+        lead_time_s=np.nan,
+        scenario_id=scenario_id,
+        x=np.nan,
+        y=np.nan,
+        message=f"{rid}: {source} cleared, rule removed or disabled",
+    )
+
+
+def _prediction_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    cols = PREDICTED_EVENT_COLUMNS
+    if not rows:
+        out = _empty_events()
+        for c in cols[len(EVENT_COLUMNS) :]:
+            out[c] = pd.Series([], dtype=float if c != "scenario_id" else object)
+        return out
+    rows = sorted(rows, key=lambda r: r["rank"])  # stable: each rule's events in their order
+    out = pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in cols})
+    out["time"] = pd.to_datetime(out["time"].tolist(), utc=True)
+    for c in ("value", "signal", "lead_time_s", "x", "y"):
+        out[c] = out[c].astype(float)
+    return out
+
+
+def _impact_table(impacts: pd.DataFrame) -> pd.DataFrame:
+    """The impact table checked: ids as strings, values as floats, onsets as UTC times."""
+    if not isinstance(impacts, pd.DataFrame):
+        raise InvalidInput("the impact table must be a DataFrame", source="impacts")
+    missing = [c for c in IMPACT_COLUMNS if c not in impacts]
+    if missing:
+        raise InvalidInput(
+            f"the impact table lacks column(s) {', '.join(missing)}",
+            source="impacts",
+            hint=f"columns: {', '.join(IMPACT_COLUMNS)} (and optionally x, y, name)",
+        )
+    try:
+        value = impacts["value"].to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError):
+        raise InvalidInput("the impact table's 'value' must be numbers (m)") from None
+    try:
+        onset = pd.to_datetime(impacts["onset"], utc=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"the impact table's 'onset' must be times: {exc}",
+            source="impacts",
+            hint="the predicted start of flooding at each asset (NaT: not flooded)",
+        ) from None
+    out = pd.DataFrame(
+        {
+            "asset_id": impacts["asset_id"].astype(str).to_numpy(object),
+            "asset_kind": impacts["asset_kind"].astype(str).to_numpy(object),
+            "value": value,
+            "onset": onset.to_numpy(),
+        }
+    )
+    out["onset"] = pd.to_datetime(out["onset"], utc=True)
+    for c in ("x", "y"):
+        out[c] = impacts[c].to_numpy(dtype=float, na_value=np.nan) if c in impacts else np.nan
+    out["name"] = impacts["name"].to_numpy(object) if "name" in impacts else None
+    return out
+
+
+def _active_predictions(active: pd.DataFrame | None) -> dict[tuple[str, str], str]:
+    if active is None or not len(active):
+        return {}
+    missing = [c for c in ("rule_id", "source", "level") if c not in active]
+    if missing:
+        raise InvalidInput(
+            f"the active predictions lack column(s) {', '.join(missing)}",
+            source="active",
+            hint="rule_id, source (the asset id) and level of each active predicted alarm",
+        )
+    out = {}
+    for rid, src, level in zip(active["rule_id"], active["source"], active["level"], strict=True):
+        if level not in _LEVEL_RANK:
+            raise InvalidInput(
+                f"active prediction {rid}/{src} has level {level!r}",
+                source="active",
+                hint=f"levels are {', '.join(LEVELS)}",
+            )
+        out[str(rid), str(src)] = str(level)
+    return out
+
+
 # -- a holder for ingest workers -------------------------------------------------------------
 class Engine:
     """A rule set, a catalog, an optional baseline and the state, for one ingest worker:
@@ -1039,7 +1310,7 @@ class Engine:
         with self._lock:
             st = self.state.copy()
             out = _Events()
-            _reconcile(rules, st, self.catalog, out, len(rules.enabled))
+            _reconcile(rules, st, self.catalog, out, len(rules.on_readings))
             self._rules, self.state = rules, st
             return out.frame(rules, {})
 

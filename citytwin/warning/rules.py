@@ -39,6 +39,18 @@ Kinds (``KINDS``):
   list of keys per datastream), ``group_by: asset`` (the catalog's ``asset_id``), or
   ``groups: {key: [datastream ids]}`` given with the rule. A condition holds for a group while
   any of its datastreams in the group holds it. ``level`` (default orange).
+- ``predicted``: not readings but a flood forecast's predicted impacts (``engine.
+  evaluate_predictions``): the deepest water predicted at the assets of ``applies_to`` against
+  ``levels`` (above, in ``unit``: ``m`` default, ``cm`` or ``mm``; ``value`` with ``level``
+  as above), and, with ``within`` (a duration), only where flooding is predicted to start
+  within that long of the forecast's issue time (its lead time). ``applies_to`` names asset
+  kinds (``ASSET_KINDS``: ``building`` (water at its walls), ``basement`` (the same, for
+  buildings with storeys below ground: basements and underground car parks), ``road`` (along
+  its centreline; 0.3 m makes it impassable), ``facility``, ``critical_facility``), one or a
+  list, or is ``{asset_kind: ..., assets: [ids]}`` (``assets`` alone: those assets, whatever
+  their kind). Each forecast raises, re-levels or clears the rule's alarm per asset; its
+  message may also use ``{lead_min}`` (minutes until the predicted flooding),
+  ``{asset_kind}``, ``{asset_name}`` and ``{scenario_id}``.
 
 ``applies_to`` selects datastreams by ``observed_property`` (one or a list), optionally narrowed
 to ``datastreams`` (ids) and to those with any of ``tags``; a bare property name (or a list of
@@ -76,7 +88,11 @@ _LEVEL_ALIASES = {
     **{zh: en for en, zh in LEVEL_ZH.items()},  # 蓝色预警 ...
 }
 LEVELED_KINDS = ("threshold", "sustained", "rate_of_change", "anomaly")
-KINDS = (*LEVELED_KINDS, "no_data", "composite")
+READING_KINDS = (*LEVELED_KINDS, "no_data", "composite")
+"""The kinds evaluated on readings (``engine.evaluate``)."""
+KINDS = (*READING_KINDS, "predicted")
+ASSET_KINDS = ("building", "basement", "road", "facility", "critical_facility")
+"""What a ``predicted`` rule may apply to: the rows of a forecast's impact table."""
 DIRECTIONS = ("above", "below")
 PER = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 # unit -> (quantity, factor to the quantity's base unit): the conversions the engine makes
@@ -117,6 +133,8 @@ MESSAGE_FIELDS = (
     "unit",
     "time",
 )
+PREDICTED_MESSAGE_FIELDS = ("lead_min", "asset_kind", "asset_name", "scenario_id")
+"""The fields a ``predicted`` rule's message may use besides ``MESSAGE_FIELDS``."""
 
 _COMMON = {"id", "kind", "name", "description", "message", "enabled"}
 _LEVELED = {"applies_to", "unit", "direction", "levels", "value", "level", "hysteresis"}
@@ -127,6 +145,7 @@ _FIELDS = {
     "anomaly": (_COMMON | _LEVELED | {"min_mad", "duration"}) - {"unit"},
     "no_data": _COMMON | {"applies_to", "silence", "level"},
     "composite": _COMMON | {"op", "conditions", "group_by", "groups", "level"},
+    "predicted": _COMMON | {"applies_to", "unit", "levels", "value", "level", "within"},
 }
 _PART_FIELDS = {
     kind: (_FIELDS[kind] - _COMMON - {"levels", "level"}) | {"kind", "name"}
@@ -167,10 +186,25 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """What a ``predicted`` rule watches in a flood forecast: the assets of ``asset_kind``
+    (any of ``ASSET_KINDS``; empty: any kind), only ``assets`` (ids) when given, their
+    predicted depth against ``levels`` (name, value in ``unit``) in increasing severity, and
+    only flooding predicted to start within ``within`` of the issue time (0: whenever)."""
+
+    asset_kind: tuple[str, ...]
+    levels: tuple[tuple[str, float], ...]
+    assets: tuple[str, ...] = ()
+    unit: str = "m"
+    within: pd.Timedelta = _ZERO
+
+
+@dataclass(frozen=True)
 class Rule:
     """One early-warning rule. ``condition`` for the levelled kinds, ``applies_to`` /
     ``silence`` / ``level`` for ``no_data``, ``op`` / ``conditions`` / ``group_by`` /
-    ``groups`` / ``level`` for ``composite``. ``timezone`` is the rule set's (anomaly)."""
+    ``groups`` / ``level`` for ``composite``, ``prediction`` for ``predicted``.
+    ``timezone`` is the rule set's (anomaly)."""
 
     id: str
     kind: str
@@ -186,6 +220,7 @@ class Rule:
     conditions: tuple[Condition, ...] = ()
     group_by: str = "group"
     groups: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    prediction: Prediction | None = None
     timezone: str = "UTC"
     source: str = "<rules>"
     line: int | None = None
@@ -197,7 +232,10 @@ class Rule:
 
     @property
     def selectors(self) -> tuple[Selector, ...]:
-        """The selectors of the rule's datastreams (one per composite part)."""
+        """The selectors of the rule's datastreams (one per composite part; none for a
+        ``predicted`` rule, which watches no datastream)."""
+        if self.kind == "predicted":
+            return ()
         if self.kind == "composite":
             return tuple(c.applies_to for c in self.conditions)
         return (self.condition.applies_to if self.condition else self.applies_to,)
@@ -254,6 +292,16 @@ class RuleSet:
     @property
     def enabled(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.enabled)
+
+    @property
+    def on_readings(self) -> tuple[Rule, ...]:
+        """The enabled rules evaluated on readings (``READING_KINDS``)."""
+        return tuple(r for r in self.rules if r.enabled and r.kind in READING_KINDS)
+
+    @property
+    def predicted(self) -> tuple[Rule, ...]:
+        """The enabled ``predicted`` rules (evaluated on flood forecasts)."""
+        return tuple(r for r in self.rules if r.enabled and r.kind == "predicted")
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -424,6 +472,8 @@ def _rule(entry: Mapping, n: int, tz: str, source: str) -> Rule:
     )
     if kind in LEVELED_KINDS:
         return Rule(condition=_condition(c, kind, single=False), **common)
+    if kind == "predicted":
+        return Rule(prediction=_prediction(c), **common)
     if kind == "no_data":
         return Rule(
             applies_to=_selector(c),
@@ -528,6 +578,54 @@ def _condition(c: _Ctx, kind: str, *, single: bool) -> Condition:
         unit=unit,
         **extra,
     )
+
+
+def _prediction(c: _Ctx) -> Prediction:
+    levels = _levels(c, "predicted", "above", single=False)
+    if levels[0][1] <= 0:
+        raise c.error(
+            "levels",
+            f"level {levels[0][0]} at {levels[0][1]:g}: a predicted depth must be > 0",
+            hint="e.g. levels: {yellow: 0.15, orange: 0.3, red: 0.5}",
+        )
+    unit = c.entry.get("unit", "m")
+    if not isinstance(unit, str) or UNITS.get(unit, ("",))[0] != "length":
+        raise c.error("unit", f"{unit!r} is not a unit of depth", hint="m, cm or mm")
+    kinds, assets = _assets(c)
+    return Prediction(kinds, levels, assets, unit, _duration(c, "within", required=False))
+
+
+def _assets(c: _Ctx) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A predicted rule's ``applies_to``: (asset kinds, asset ids)."""
+    raw = c.entry.get("applies_to")
+    example = "e.g. applies_to: basement, or {asset_kind: facility, assets: [fac-00035]}"
+    if isinstance(raw, str | list):
+        return _asset_kinds(c, "applies_to"), ()
+    if not isinstance(raw, Mapping):
+        raise c.error("applies_to", "missing" if raw is None else "must be a mapping", hint=example)
+    sub = _Ctx(c.rule_id, raw, c.source, f"{c.prefix}applies_to.")
+    _known(raw, {"asset_kind", "assets"}, "a predicted rule's applies_to", c.source, c.rule_id)
+    if "asset_kind" not in raw and "assets" not in raw:
+        raise c.error("applies_to", "give 'asset_kind', 'assets' or both", hint=example)
+    kinds = _asset_kinds(sub, "asset_kind") if "asset_kind" in raw else ()
+    ids = raw.get("assets", [])
+    if (
+        not isinstance(ids, list)
+        or ("assets" in raw and not ids)
+        or not all(isinstance(i, str | int) and not isinstance(i, bool) for i in ids)
+    ):
+        raise sub.error("assets", "must be a list of asset ids", hint="e.g. [fac-00035, B-12]")
+    return kinds, tuple(str(i) for i in ids)
+
+
+def _asset_kinds(c: _Ctx, key: str) -> tuple[str, ...]:
+    kinds = _str_list(c, key, required=True)
+    for kind in kinds:
+        if kind not in ASSET_KINDS:
+            raise c.error(
+                key, f"unknown asset kind {kind!r}", hint=f"one of {', '.join(ASSET_KINDS)}"
+            )
+    return kinds
 
 
 def _levels(c: _Ctx, kind: str, direction: str, *, single: bool) -> tuple[tuple[str, float], ...]:
@@ -664,11 +762,18 @@ def _message(c: _Ctx) -> str:
     text = c.entry.get("message", "")
     if not isinstance(text, str):
         raise c.error("message", f"must be a string, got {text!r}")
-    for _, name, _, _ in string.Formatter().parse(text):
-        if name is not None and name.split(".")[0].split("[")[0] not in MESSAGE_FIELDS:
+    allowed = MESSAGE_FIELDS
+    if c.entry.get("kind") == "predicted":
+        allowed += PREDICTED_MESSAGE_FIELDS
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise c.error("message", f"not a message template: {exc}") from None
+    for _, name, _, _ in parsed:
+        if name is not None and name.split(".")[0].split("[")[0] not in allowed:
             raise c.error(
                 "message",
                 f"unknown placeholder {{{name}}}",
-                hint=f"a message may use {', '.join('{' + f + '}' for f in MESSAGE_FIELDS)}",
+                hint=f"a message may use {', '.join('{' + f + '}' for f in allowed)}",
             )
     return text

@@ -148,3 +148,30 @@ def test_bad_rain_files_are_refused_clearly(tmp_path):
     text.write_text("12 mm")
     with pytest.raises(InvalidInput, match="not a rainfall file"):
         read_rainfall(text, TARGET)
+
+
+def test_rain_that_misses_part_of_the_grid_is_refused_not_read_as_dry(tmp_path):
+    """Rain unknown is not no rain: a forecast over part of the grid, or with missing cells,
+    is refused (a run would otherwise clear the warnings of the part it does not cover)."""
+    cell = 500.0
+    times = ["2026-06-01T08:00:00+00:00", "2026-06-01T08:30:00+00:00"]
+
+    def write(path, width, hole=False):
+        values = np.full((2, 12, width), 3.0, dtype="float32")
+        if hole:
+            values[1, 5, 5] = np.nan
+        with rasterio.open(path, "w", driver="GTiff", width=width, height=12, count=2,
+                           dtype="float32", crs=UTM, nodata=np.nan,
+                           transform=from_origin(TARGET.x0 - 1000, TARGET.y0 + 1000, cell,
+                                                 cell)) as ds:  # fmt: skip
+            ds.write(values)
+            ds.update_tags(units="mm/h", times=",".join(times))
+        return path
+
+    whole = read_rainfall(write(tmp_path / "whole.tif", 12), TARGET)
+    assert np.allclose(whole.mm_per_h, 3.0)
+    with pytest.raises(InvalidInput, match=r"08:00Z covers 5\d\.\d % of the grid") as info:
+        read_rainfall(write(tmp_path / "west.tif", 5), TARGET)  # 1.5 of the grid's 3 km
+    assert "narrow the run's bounds" in info.value.hint
+    with pytest.raises(InvalidInput, match=r"08:30Z covers 9\d\.\d %"):
+        read_rainfall(write(tmp_path / "hole.tif", 12, hole=True), TARGET)

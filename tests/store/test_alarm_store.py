@@ -487,3 +487,28 @@ def test_older_twins_get_the_tables_when_opened(tmp_path):
         assert len(s.alarms()) == 1
     finally:
         s.close()
+
+
+def test_older_alarm_tables_gain_the_prediction_columns(tmp_path):
+    path = tmp_path / "old.twin"
+    s = DuckDBStore.create(path, TwinMeta("t", "EPSG:32650"))
+    apply(s, events(ev(0, "raise", "red")))
+    for column in ("scenario_id", "lead_time_s"):  # as a twin made before predicted alarms
+        s.con.execute(f"ALTER TABLE alarms DROP COLUMN {column}")
+    s.close()
+    ro = open_store(path, read_only=True)  # read as they are, the new columns empty
+    try:
+        alarms = ro.alarms(limit=None)
+        assert tuple(alarms.columns) == ALARM_COLUMNS and len(alarms) == 1
+        assert alarms["scenario_id"].isna().all() and alarms["lead_time_s"].isna().all()
+        assert ro.alarm(alarms["alarm_id"].iloc[0])["severity"] == "red"
+    finally:
+        ro.close()
+    s = open_store(path)  # opened for writing: the columns are added, the alarm kept
+    try:
+        row = s.alarms(limit=None).iloc[0].to_dict() | {"scenario_id": "fc-1", "lead_time_s": 60.0}
+        s.save_alarms(typed_frame("alarms", [row]))
+        back = s.alarm(row["alarm_id"])
+        assert (back["scenario_id"], back["lead_time_s"], back["severity"]) == ("fc-1", 60.0, "red")
+    finally:
+        s.close()

@@ -115,7 +115,7 @@ def test_record_columns_are_the_contract():
         "alarm_id", "rule_id", "kind", "source", "datastream_id", "asset_id", "network", "zone",
         "x", "y", "severity", "max_severity", "status", "acknowledged", "raised_at",
         "updated_at", "cleared_at", "acknowledged_at", "acknowledged_by", "assignee", "value",
-        "message", "incident_id", "escalations", "escalated_at",
+        "message", "incident_id", "escalations", "escalated_at", "scenario_id", "lead_time_s",
     )  # fmt: skip
     assert ALARM_LOG_COLUMNS == ("alarm_id", "at", "action", "actor", "severity", "value", "text")
     assert INCIDENT_COLUMNS == (
@@ -405,7 +405,8 @@ def test_assign_and_comment():
     with pytest.raises(InvalidInput, match="assignee is empty"):
         assign(row, "  ", "ops", at(2))
     same, note = comment(row, "ops", at(3), "  crew on the way ")
-    assert same == row and note["text"] == "crew on the way" and note["action"] == "comment"
+    assert typed_frame("alarms", [same]).equals(typed_frame("alarms", [row]))  # unchanged
+    assert note["text"] == "crew on the way" and note["action"] == "comment"
     with pytest.raises(InvalidInput, match="comment is empty"):
         comment(row, "ops", at(3), "   ")
     with pytest.raises(InvalidInput, match="who did it"):
@@ -621,3 +622,50 @@ def test_webhook_document_shape_and_duplicate_names():
     with pytest.raises(InvalidInput, match="two webhooks have this name") as err:
         parse_webhooks({"webhooks": [same, same]})
     assert err.value.source == "notify/webhooks" and err.value.feature == "w"
+
+
+# -- predicted alarms ---------------------------------------------------------------------------
+def test_predicted_alarms_keep_their_lead_time_scenario_and_place():
+    from citytwin.warning.engine import evaluate_predictions
+
+    rs = rules(
+        {"id": "cellars", "kind": "predicted", "applies_to": "basement",
+         "levels": {"orange": 0.15, "red": 0.5}, "within": "2h"}
+    )  # fmt: skip
+
+    def forecast(minute: float, depth: float, onset: float | None, sid: str, book: dict):
+        table = pd.DataFrame(
+            {"asset_id": ["B-1"], "asset_kind": ["basement"], "value": [depth],
+             "onset": [pd.NaT if onset is None else at(onset)], "x": [5.0], "y": [6.0]}
+        )  # fmt: skip
+        active = stored(book)
+        active = active[active["status"] == "active"].rename(columns={"severity": "level"})
+        ev = evaluate_predictions(rs, table, at(minute), active=active, scenario_id=sid)
+        return step(book, ev)
+
+    book = ledger()
+    ch = forecast(0, 0.3, 40, "fc-1", book)
+    a = ch.alarms.iloc[0]
+    assert (a["kind"], a["severity"], a["status"]) == ("predicted", "orange", "active")
+    assert (a["scenario_id"], a["lead_time_s"], a["x"], a["y"]) == ("fc-1", 2400.0, 5.0, 6.0)
+    assert a["datastream_id"] is None and a["asset_id"] == "B-1" and a["raised_at"] == at(0)
+    assert ch.changes["change"].tolist() == ["raised"]
+    # the next forecast confirms it, nearer: the same alarm, its lead time and scenario updated
+    ch = forecast(10, 0.35, 40, "fc-2", book)
+    a = ch.alarms.iloc[0]
+    assert a["alarm_id"] == alarm_key("cellars", "B-1", at(0)) and len(book) == 1
+    assert (a["scenario_id"], a["lead_time_s"], a["value"]) == ("fc-2", 1800.0, 0.35)
+    assert ch.log["text"].iloc[0].startswith("raised again while active")
+    assert ch.changes.empty  # no change of level: nobody is notified again
+    # deeper: escalated
+    ch = forecast(20, 0.6, 30, "fc-3", book)
+    assert ch.changes["change"].tolist() == ["escalated"]
+    assert ch.alarms.iloc[0]["severity"] == "red" and ch.alarms.iloc[0]["lead_time_s"] == 600.0
+    # the same forecast again changes nothing
+    assert forecast(20, 0.6, 30, "fc-3", book).alarms.empty
+    # dry: cleared, by the forecast that said so
+    ch = forecast(30, 0.0, None, "fc-4", book)
+    a = ch.alarms.iloc[0]
+    assert ch.changes["change"].tolist() == ["cleared"] and a["status"] == "cleared"
+    assert a["cleared_at"] == at(30) and a["scenario_id"] == "fc-4" and a["max_severity"] == "red"
+    assert "no longer predicted" in a["message"]

@@ -23,7 +23,7 @@ from citytwin.warning import (
     evaluate,
     virtual_city_rules,
 )
-from tests.warning.conftest import at, catalog, compact, readings, rules, series
+from tests.warning.conftest import T0, at, catalog, compact, readings, rules, series
 
 LEVELS4 = {"blue": 1.0, "yellow": 2.0, "orange": 3.0, "red": 4.0}
 
@@ -628,3 +628,163 @@ def test_virtual_city_rules_run_on_a_small_city_catalog():
     assert not any(e[1] == "meter-silent" for e in events)
     msg = res.events.loc[res.events["rule_id"] == "manhole-level", "message"].iloc[0]
     assert msg == f"mh-1: water {1.6 - 0.025 * 25:.2f} m below the cover, 蓝色预警"
+
+
+# -- predictions (flood forecasts) ----------------------------------------------------------
+PREDICTED_RULES = (
+    {
+        "id": "basements",
+        "kind": "predicted",
+        "applies_to": "basement",
+        "levels": {"orange": 0.15, "red": 0.5},
+        "within": "2h",
+        "message": "{asset_id}: {value:.2f} m predicted in {lead_min:.0f} min",
+    },
+    {
+        "id": "roads",
+        "kind": "predicted",
+        "applies_to": ["road"],
+        "unit": "cm",
+        "levels": {"yellow": 30, "orange": 50},
+    },
+    {
+        "id": "named",
+        "kind": "predicted",
+        "applies_to": {"assets": ["f1"]},
+        "value": 0.1,
+        "level": "red",
+    },
+)
+
+
+def impact(*rows: tuple) -> pd.DataFrame:
+    """An impact table from (asset, kind, depth m, onset minutes after T0 or None) rows."""
+    return pd.DataFrame(
+        {
+            "asset_id": [r[0] for r in rows],
+            "asset_kind": [r[1] for r in rows],
+            "value": [float(r[2]) for r in rows],
+            "onset": [pd.NaT if r[3] is None else at(r[3]) for r in rows],
+            "x": [100.0 + k for k in range(len(rows))],
+            "y": [200.0 + k for k in range(len(rows))],
+            "name": [f"{r[0]} name" for r in rows],
+        }
+    )
+
+
+def predicted(ev: pd.DataFrame) -> list[tuple]:
+    """(rule, event, source, level or previous level, value, lead min) per event."""
+    lead = ev["lead_time_s"] / 60
+    return [
+        (r, e, s, lv if isinstance(lv, str) else pv, None if np.isnan(v) else round(v, 3),
+         None if np.isnan(m) else m)
+        for r, e, s, lv, pv, v, m in zip(
+            ev["rule_id"], ev["event"], ev["source"], ev["level"], ev["previous_level"],
+            ev["value"], lead, strict=True,
+        )
+    ]  # fmt: skip
+
+
+def test_predictions_level_by_depth_and_carry_the_lead_time():
+    from citytwin.warning.engine import PREDICTED_EVENT_COLUMNS, evaluate_predictions
+
+    table = impact(
+        ("b1", "building", 0.45, 38.0),
+        ("b1", "basement", 0.45, 38.0),  # orange, 38 min ahead
+        ("b2", "basement", 0.60, 180.0),  # red, but 3 h ahead: past 'within'
+        ("b3", "basement", 0.10, 20.0),  # below every level
+        ("b4", "building", 0.90, 5.0),  # no basement: not the basement rule's
+        ("b5", "basement", 0.55, -10.0),  # flooding already begun: red, lead 0
+        ("b6", "basement", 0.30, 120.0),  # at the edge of the window: still in
+        ("b7", "basement", 0.30, 120.02),  # just past it
+        ("r1", "road", 0.31, 12.5),  # 31 cm against levels in cm
+        ("r2", "road", 0.29, 12.5),
+        ("f1", "critical_facility", 0.12, 240.0),  # named, whatever its kind; no window
+        ("f2", "critical_facility", 0.80, 1.0),  # not named
+    )
+    ev = evaluate_predictions(rules(*PREDICTED_RULES), table, T0, scenario_id="fc-1")
+    assert list(ev.columns) == list(PREDICTED_EVENT_COLUMNS)
+    assert predicted(ev) == [
+        ("basements", "raise", "b1", "orange", 0.45, 38.0),
+        ("basements", "raise", "b5", "red", 0.55, 0.0),
+        ("basements", "raise", "b6", "orange", 0.3, 120.0),
+        ("roads", "raise", "r1", "yellow", 31.0, 12.5),
+        ("named", "raise", "f1", "red", 0.12, 240.0),
+    ]
+    assert (ev["time"] == T0).all() and (ev["kind"] == "predicted").all()
+    assert (ev["scenario_id"] == "fc-1").all() and ev["datastream_id"].isna().all()
+    assert ev["asset_id"].tolist() == ev["source"].tolist()
+    b1 = ev.iloc[0]
+    assert b1["message"] == "b1: 0.45 m predicted in 38 min"
+    assert (b1["x"], b1["y"]) == (101.0, 201.0)  # the basement row's place
+    # the default message names the asset and the lead time
+    assert ev.iloc[3]["message"] == "roads: r1 name 31.00 cm predicted in 12 min (raise, 黄色预警)"
+
+
+def test_a_later_forecast_relevels_confirms_and_clears_what_it_assessed():
+    from citytwin.warning.engine import evaluate_predictions
+
+    active = pd.DataFrame(
+        {
+            "rule_id": ["basements", "basements", "basements", "basements", "basements",
+                        "roads", "retired"],
+            "source": ["b1", "b5", "b6", "b8", "b9", "r1", "x1"],
+            "level": ["orange", "red", "orange", "orange", "red", "yellow", "red"],
+        }
+    )  # fmt: skip
+    table = impact(
+        ("b1", "basement", 0.70, 20.0),  # deeper now: escalate
+        ("b5", "basement", 0.20, 0.0),  # shallower: de-escalate
+        ("b6", "basement", 0.25, 90.0),  # the same level: confirmed, with its new lead time
+        ("b8", "basement", 0.0, None),  # dry now: cleared
+        ("b9", "basement", 0.40, 300.0),  # only after the window now: cleared
+        ("r1", "road", 0.6, 30.0),
+    )  # b-off is not in the table (off the forecast's area): its alarm stays
+    active.loc[len(active)] = ["basements", "b-off", "red"]
+    ev = evaluate_predictions(rules(*PREDICTED_RULES), table, at(10), active=active)
+    assert predicted(ev) == [
+        ("basements", "escalate", "b1", "red", 0.7, 10.0),
+        ("basements", "deescalate", "b5", "orange", 0.2, 0.0),
+        ("basements", "raise", "b6", "orange", 0.25, 80.0),
+        ("basements", "clear", "b8", "orange", 0.0, None),
+        ("basements", "clear", "b9", "red", 0.4, None),
+        ("roads", "escalate", "r1", "orange", 60.0, 20.0),
+        ("retired", "clear", "x1", "red", None, None),  # its rule is gone
+    ]
+    assert ev["previous_level"].tolist()[:5] == ["orange", "red", "orange", "orange", "red"]
+    assert ev["level"].iloc[3] is None
+    assert "b8 name no longer predicted to flood" in ev["message"].iloc[3]
+    assert "rule removed" in ev["message"].iloc[6]
+    # nothing active, nothing predicted: no events (an empty frame of the columns)
+    dry = evaluate_predictions(rules(*PREDICTED_RULES), table.assign(value=0.0), at(10))
+    assert dry.empty and "lead_time_s" in dry.columns
+
+
+def test_predictions_refuse_bad_tables():
+    from citytwin.warning.engine import evaluate_predictions
+
+    rs = rules(*PREDICTED_RULES)
+    good = impact(("b1", "basement", 0.45, 38.0))
+    with pytest.raises(InvalidInput, match="lacks column\\(s\\) onset") as exc:
+        evaluate_predictions(rs, good.drop(columns="onset"), T0)
+    assert "asset_kind" in exc.value.hint
+    with pytest.raises(InvalidInput, match="'onset' must be times"):
+        evaluate_predictions(rs, good.assign(onset="soon"), T0)
+    with pytest.raises(InvalidInput, match="'value' must be numbers"):
+        evaluate_predictions(rs, good.assign(value="deep"), T0)
+    bad = pd.DataFrame({"rule_id": ["basements"], "source": ["b1"], "level": ["amber"]})
+    with pytest.raises(InvalidInput, match="level 'amber'"):
+        evaluate_predictions(rs, good, T0, active=bad)
+
+
+def test_the_readings_engine_leaves_predicted_rules_to_forecasts():
+    rs = rules(threshold(), *PREDICTED_RULES)
+    cat = catalog(one())
+    assert coverage(rs, cat).to_dict() == {"thr": 1}
+    ev = evaluate(rs, cat, series("a", [(0, 2.5)])).events
+    assert compact(ev) == [(0.0, "thr", "raise", "a", "yellow")]
+    # the virtual city's rules: the predicted ones are left out of the readings' coverage
+    city = virtual_city_rules()
+    assert {r.kind for r in city.predicted} == {"predicted"} and len(city.predicted) == 3
+    covered = set(coverage(city, catalog(one(group="g"))).index)
+    assert covered == {r.id for r in city.on_readings} and covered.isdisjoint(city.ids[-3:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from citytwin.errors import InvalidInput, NotFound
@@ -219,3 +220,101 @@ def test_fingerprint_ignores_wording_but_not_semantics():
     assert parse_rules(data)["level"].fingerprint == a.fingerprint
     data["rules"][0]["hysteresis"] = 0.2
     assert parse_rules(data)["level"].fingerprint != a.fingerprint
+
+
+# -- predicted (flood forecast) rules -----------------------------------------------------------
+PREDICTED = """\
+  - id: basements
+    kind: predicted
+    applies_to: basement
+    levels: {orange: 0.15, red: 0.5}
+    within: 2h
+    message: "{asset_id}: {value:.2f} m predicted in {lead_min:.0f} min ({asset_kind})"
+"""
+
+
+def test_predicted_rules_watch_forecast_assets_not_datastreams(tmp_path):
+    extra = """\
+  - id: named
+    kind: predicted
+    applies_to: {assets: [fac-1, 7]}
+    unit: cm
+    value: 20
+    level: 红
+  - id: wet-roads
+    kind: predicted
+    applies_to: {asset_kind: [road, critical_facility], assets: [street-1]}
+    levels: {yellow: 0.3}
+"""
+    rules = load_rules(write(tmp_path, BASE + PREDICTED + extra))
+    basements = rules["basements"]
+    p = basements.prediction
+    assert basements.kind == "predicted" and basements.condition is None
+    assert p.asset_kind == ("basement",) and p.assets == ()
+    assert p.levels == (("orange", 0.15), ("red", 0.5)) and p.unit == "m"
+    assert p.within == pd.Timedelta(hours=2)
+    assert basements.selectors == ()  # no datastream is watched
+    named = rules["named"].prediction
+    assert named.asset_kind == () and named.assets == ("fac-1", "7")
+    assert named.levels == (("red", 20.0),) and named.unit == "cm"
+    assert named.within == pd.Timedelta(0)  # whenever it is predicted to start
+    roads = rules["wet-roads"].prediction
+    assert roads.asset_kind == ("road", "critical_facility") and roads.assets == ("street-1",)
+    # the readings' engine and the forecasts' evaluation each take their own rules
+    assert [r.id for r in rules.on_readings] == ["level"]
+    assert [r.id for r in rules.predicted] == ["basements", "named", "wet-roads"]
+    # the lead-time window decides the evaluation: it is in the fingerprint
+    changed = load_rules(write(tmp_path, BASE + PREDICTED.replace("within: 2h", "within: 1h")))
+    assert changed["basements"].fingerprint != basements.fingerprint
+    reworded = load_rules(write(tmp_path, BASE + PREDICTED.replace("({asset_kind})", "")))
+    assert reworded["basements"].fingerprint == basements.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected", "line", "hint"),
+    [
+        ("applies_to: basement", "applies_to: cellar",
+         "field 'applies_to': unknown asset kind 'cellar'", 10, "critical_facility"),
+        ("applies_to: basement", "applies_to: {asset_kind: [road, lane]}",
+         "field 'applies_to.asset_kind': unknown asset kind 'lane'", 10, "basement"),
+        ("applies_to: basement", "applies_to: {asset_kind: road, datastreams: [x]}",
+         "unknown field 'datastreams' in a predicted rule's applies_to", 10, "asset_kind, assets"),
+        ("applies_to: basement", "applies_to: {}",
+         "field 'applies_to': give 'asset_kind', 'assets' or both", 10, "assets: [fac-00035]"),
+        ("applies_to: basement", "applies_to: {assets: fac-1}",
+         "field 'applies_to.assets': must be a list of asset ids", 10, "[fac-00035, B-12]"),
+        ("    applies_to: basement\n", "",
+         "field 'applies_to': missing", 8, "applies_to: basement"),
+        ("{orange: 0.15, red: 0.5}", "{orange: 0.5, red: 0.15}",
+         "levels out of order: orange 0.5 then red 0.15", 11, "blue < yellow < orange < red"),
+        ("{orange: 0.15, red: 0.5}", "{orange: 0, red: 0.5}",
+         "a predicted depth must be > 0", 11, "levels: {yellow: 0.15"),
+        ("within: 2h", "within: 2h\n    unit: mm/h",
+         "field 'unit': 'mm/h' is not a unit of depth", 13, "m, cm or mm"),
+        ("within: 2h", "within: 120", "field 'within': 120 has no unit", 12, "2h or PT10M"),
+        ("within: 2h", "within: -2h", "field 'within': must be positive", 12, None),
+        ("within: 2h", "direction: below",
+         "unknown field 'direction' in a predicted rule", 12, "within"),
+        ("within: 2h", "hysteresis: 0.05",
+         "unknown field 'hysteresis' in a predicted rule", 12, "levels"),
+        ("{asset_kind}", "{datastream_id} {place}",
+         "unknown placeholder {place}", 13, "{lead_min}"),
+        ("{asset_kind}", "{asset_kind", "field 'message': not a message template", 13, None),
+    ],
+)  # fmt: skip
+def test_predicted_rule_errors_say_where_and_how_to_fix(tmp_path, old, new, expected, line, hint):
+    assert old in PREDICTED
+    err = error_of(tmp_path, BASE + PREDICTED.replace(old, new))
+    assert expected in str(err) and "rule basements" in str(err) and "rules.yaml" in str(err)
+    assert err.line == line
+    if hint is not None:
+        assert hint in err.hint
+
+
+def test_forecast_message_fields_belong_to_predicted_rules(tmp_path):
+    err = error_of(tmp_path, BASE + "    message: '{source} due in {lead_min} min'\n")
+    assert "unknown placeholder {lead_min}" in str(err) and err.feature == "rule level"
+    as_predicted = BASE.replace("kind: threshold", "kind: predicted")
+    err = error_of(tmp_path, as_predicted.replace("    hysteresis: 0.1\n", ""))
+    assert "unknown field 'observed_property' in a predicted rule's applies_to" in str(err)
+    assert "predicted" in error_of(tmp_path, BASE.replace("threshold", "forecast")).hint
