@@ -24,11 +24,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# the peers and tools of the benchmarks: PostGIS (pygeoapi's provider), wrk, Chromium, itzï
+# the peers and tools of the benchmarks: PostGIS (pygeoapi's provider), wrk, Chromium (and the
+# console's CJK font, as in CI), itzï
 bench-deps:
 	@command -v wrk >/dev/null && command -v chromium >/dev/null \
 	  && test -f /usr/share/postgresql/15/extension/postgis.control \
-	  || (apt-get update -qq && apt-get install -y -qq wrk chromium postgresql-15-postgis-3)
+	  && fc-list | grep -qi "wenquanyi\|noto sans cjk" \
+	  || (apt-get update -qq && apt-get install -y -qq wrk chromium postgresql-15-postgis-3 \
+	      fonts-wqy-microhei)
 	@test -x benchmarks/.cache/itzi-venv/bin/python || ($(PYTHON) -m venv benchmarks/.cache/itzi-venv \
 	  && benchmarks/.cache/itzi-venv/bin/pip install --quiet itzi==25.8)   # the flood peer, apart
 

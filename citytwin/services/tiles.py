@@ -12,7 +12,9 @@ Endpoints (tiles of the WebMercatorQuad tile matrix set, addressed ``{tileMatrix
   {x}``: one tile with a layer per collection the caller may read (what the console uses: one
   request per tile); collections they may not read are left out, not refused.
 - ``/terrain/WebMercatorQuad/{z}/{y}/{x}.png`` and ``/terrain/tilejson``: Terrarium-encoded
-  elevation tiles (256 px) resampled from the twin's DEM, for hillshading and 3D terrain.
+  elevation tiles (256 px) resampled from the twin's DEM, for hillshading and 3D terrain;
+  ``/terrain/hillshade/...`` and ``/terrain/hillshade/tilejson``: the shading drawn by the
+  server (what the console shows: a software renderer spends about a second on a map's own).
 
 A tile layer is named after its collection; its features carry ``id``, ``class`` and the
 attributes of ``LAYER_RULES`` (NULLs left out). Each layer (and some classes) starts at a zoom
@@ -480,20 +482,29 @@ class TileService:
                 self._terrain = _Terrain.open(ident, self.store.get_raster(dem["name"]))
             return self._terrain
 
-    def terrain_tile(self, z: int, x: int, y: int) -> tuple[CachedTile, str]:
-        """A Terrarium PNG of tile ``z/x/y`` (no data: empty) and its ETag."""
+    def terrain_tile(
+        self, z: int, x: int, y: int, shading: bool = False
+    ) -> tuple[CachedTile, str]:
+        """A Terrarium PNG of tile ``z/x/y`` (``shading``: the terrain's shading instead; no
+        data: empty) and its ETag."""
         terrain = self.terrain()
-        key = ("terrarium/1", terrain.ident, z, x, y)
+        key = ("hillshade/1" if shading else "terrarium/1", terrain.ident, z, x, y)
         cached = self.cache.get(key)
         if cached is None:
-            cached = CachedTile(terrain.png(z, x, y), 1)
+            draw = terrain.hillshade_png if shading else terrain.png
+            cached = CachedTile(draw(z, x, y), 1)
             self.cache.put(key, cached)
         return cached, etag_of(key)
 
-    def terrain_tilejson(self, base: str, suffix: str = "") -> dict[str, Any]:
+    def terrain_tilejson(
+        self, base: str, suffix: str = "", shading: bool = False
+    ) -> dict[str, Any]:
+        """TileJSON of the elevation tiles (a MapLibre ``raster-dem``) or, with ``shading``,
+        of the shading tiles (a ``raster``: drawn by the server, so a map draws no slopes of
+        its own)."""
         terrain = self.terrain()
         w, s, e, n = terrain.lonlat_bounds
-        return {
+        doc = {
             "tilejson": "3.0.0",
             "name": "terrain",
             "description": "Elevation (m), Terrarium-encoded: (R * 256 + G + B / 256) - 32768",
@@ -506,6 +517,15 @@ class TileService:
             "bounds": [w, s, e, n],
             "attribution": _attribution(self.store.meta),
         }
+        if shading:
+            del doc["encoding"]
+            doc.update(
+                name="terrain shading",
+                description=f"Hillshade (sun at {SUN_AZIMUTH:g}°, {SUN_ALTITUDE:g}° up): shadow"
+                " and light over a transparent flat",
+                tiles=[f"{base}/terrain/hillshade/{TMS_ID}/{{z}}/{{y}}/{{x}}.png{suffix}"],
+            )
+        return doc
 
 
 _JSON_TYPE = {
@@ -572,12 +592,11 @@ class _Terrain:
         self.dataset.close()
         self.memfile.close()
 
-    def png(self, z: int, x: int, y: int) -> bytes:
-        """The Terrarium PNG of tile ``z/x/y``; empty bytes where the DEM has no data.
-        Pixels without data are transparent and carry the nearest elevation (so a renderer
-        that ignores alpha draws no cliffs)."""
+    def elevations(self, z: int, x: int, y: int, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Elevations of tile ``z/x/y`` resampled from the DEM (bilinear, exact coordinates),
+        ``pad`` pixels wider on every side, with the nearest elevation where the DEM has no
+        data, and where it has (``(elevations, valid)``; both empty outside the DEM)."""
         import rasterio
-        from PIL import Image
         from rasterio.transform import from_bounds
         from rasterio.warp import Resampling, reproject
         from scipy import ndimage
@@ -585,8 +604,12 @@ class _Terrain:
         minx, miny, maxx, maxy = tile_bounds(z, x, y)
         mb = self.mercator_bounds
         if minx >= mb[2] or maxx <= mb[0] or miny >= mb[3] or maxy <= mb[1]:
-            return b""
-        out = np.full((TERRAIN_SIZE, TERRAIN_SIZE), np.nan, np.float32)
+            return np.empty((0, 0)), np.empty((0, 0), bool)
+        step = (maxx - minx) / TERRAIN_SIZE
+        size = TERRAIN_SIZE + 2 * pad
+        minx, miny, maxx, maxy = (minx - pad * step, miny - pad * step,
+                                  maxx + pad * step, maxy + pad * step)  # fmt: skip
+        out = np.full((size, size), np.nan, np.float32)
         with self.lock:
             reproject(
                 source=rasterio.band(self.dataset, 1),
@@ -594,7 +617,7 @@ class _Terrain:
                 src_transform=self.dataset.transform,
                 src_crs=self.dataset.crs,
                 src_nodata=self.dataset.nodata,
-                dst_transform=from_bounds(minx, miny, maxx, maxy, TERRAIN_SIZE, TERRAIN_SIZE),
+                dst_transform=from_bounds(minx, miny, maxx, maxy, size, size),
                 dst_crs="EPSG:3857",
                 dst_nodata=np.nan,
                 resampling=Resampling.bilinear,
@@ -602,24 +625,78 @@ class _Terrain:
             )
         valid = np.isfinite(out)
         if not valid.any():
-            return b""
+            return np.empty((0, 0)), np.empty((0, 0), bool)
         if not valid.all():
             idx = ndimage.distance_transform_edt(
                 ~valid, return_distances=False, return_indices=True
             )
             out = out[tuple(idx)]
+        return out.astype(np.float64), valid
+
+    def png(self, z: int, x: int, y: int) -> bytes:
+        """The Terrarium PNG of tile ``z/x/y``; empty bytes where the DEM has no data.
+        Pixels without data are transparent and carry the nearest elevation (so a renderer
+        that ignores alpha draws no cliffs)."""
+        out, valid = self.elevations(z, x, y)
+        if not valid.any():
+            return b""
         # elevation + 32768 in 1/256 m steps, rounded: R * 65536 + G * 256 + B
-        q = np.clip(np.rint((out.astype(np.float64) + 32768.0) * 256), 0, 2**24 - 1).astype(
-            np.int64
-        )
+        q = np.clip(np.rint((out + 32768.0) * 256), 0, 2**24 - 1).astype(np.int64)
         rgba = np.empty((TERRAIN_SIZE, TERRAIN_SIZE, 4), np.uint8)
         rgba[..., 0] = q >> 16
         rgba[..., 1] = (q >> 8) & 255
         rgba[..., 2] = q & 255
         rgba[..., 3] = np.where(valid, 255, 0).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(rgba, "RGBA").save(buf, "PNG", compress_level=3)
-        return buf.getvalue()
+        return _png(rgba)
+
+    def hillshade_png(self, z: int, x: int, y: int) -> bytes:
+        """Tile ``z/x/y`` of the terrain's shading as a PNG to lay over the map: shadow where
+        the ground turns away from a sun in the north-west 45° up, light where it faces it,
+        transparent on the flat and where the DEM has no data; empty bytes outside the DEM."""
+        e, valid = self.elevations(z, x, y, pad=1)
+        if not valid.any():
+            return b""
+        minx, miny, maxx, maxy = tile_bounds(z, x, y)
+        lat = math.atan(math.sinh((miny + maxy) / 2 / HALF_WORLD * math.pi))
+        ground = (maxx - minx) / TERRAIN_SIZE * math.cos(lat)  # a pixel on the ground (m)
+        light = hillshade(e, ground)
+        d = light - math.sin(math.radians(SUN_ALTITUDE))  # against flat ground
+        alpha = np.clip(np.abs(d) * SHADE_GAIN, 0.0, 1.0) * SHADE_OPACITY * 255
+        rgba = np.empty((TERRAIN_SIZE, TERRAIN_SIZE, 4), np.uint8)
+        rgba[..., :3] = np.where((d < 0)[..., None], SHADOW_RGB, HIGHLIGHT_RGB)
+        rgba[..., 3] = np.where(valid[1:-1, 1:-1], np.rint(alpha), 0).astype(np.uint8)
+        return _png(rgba)
+
+
+SUN_AZIMUTH, SUN_ALTITUDE = 315.0, 45.0
+"""Where the shading's light comes from (degrees clockwise from north, and above the horizon)."""
+SHADE_GAIN, SHADE_OPACITY = 2.5, 0.6
+SHADOW_RGB, HIGHLIGHT_RGB = (91, 95, 85), (255, 255, 255)
+
+
+def hillshade(elevations: np.ndarray, cell: float, z_factor: float = 1.5) -> np.ndarray:
+    """Lambertian illumination (cosine of the angle to the sun, ``SUN_AZIMUTH`` /
+    ``SUN_ALTITUDE``) of each inner cell of a north-up elevation grid with square ``cell``s
+    (m); Horn's slopes, heights scaled by ``z_factor``. The result is one cell smaller on
+    every side."""
+    e = elevations * (z_factor / (8.0 * cell))
+    west_col, east_col = e[:, :-2], e[:, 2:]
+    east = (east_col[:-2] + 2 * east_col[1:-1] + east_col[2:]
+            - west_col[:-2] - 2 * west_col[1:-1] - west_col[2:])  # fmt: skip
+    north_row, south_row = e[:-2], e[2:]
+    north = (north_row[:, :-2] + 2 * north_row[:, 1:-1] + north_row[:, 2:]
+             - south_row[:, :-2] - 2 * south_row[:, 1:-1] - south_row[:, 2:])  # fmt: skip
+    az, alt = math.radians(SUN_AZIMUTH), math.radians(SUN_ALTITUDE)
+    sun = (math.cos(alt) * math.sin(az), math.cos(alt) * math.cos(az), math.sin(alt))
+    return (sun[2] - east * sun[0] - north * sun[1]) / np.sqrt(1.0 + east**2 + north**2)
+
+
+def _png(rgba: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG", compress_level=3)
+    return buf.getvalue()
 
 
 def decode_terrarium(rgb: np.ndarray) -> np.ndarray:
@@ -790,6 +867,11 @@ def router(ctx: Any) -> APIRouter:
         """TileJSON of the terrain tiles (``encoding: terrarium``: a MapLibre raster-dem)."""
         return svc.terrain_tilejson(_base(request), _key_suffix(request))
 
+    @api.get("/terrain/hillshade/tilejson")
+    def hillshade_tilejson(request: Request) -> dict[str, Any]:
+        """TileJSON of the terrain's shading tiles (a MapLibre raster)."""
+        return svc.terrain_tilejson(_base(request), _key_suffix(request), shading=True)
+
     @api.get(
         "/terrain/{tms}/{z}/{y}/{x}.png",
         response_class=Response,
@@ -802,6 +884,21 @@ def router(ctx: Any) -> APIRouter:
         """Elevations of a tile as a Terrarium PNG (256 px), resampled from the twin's DEM."""
         check_address(tms, z, y, x)
         tile, etag = svc.terrain_tile(z, x, y)
+        return _tile_response(request, tile, etag, "image/png")
+
+    @api.get(
+        "/terrain/hillshade/{tms}/{z}/{y}/{x}.png",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the tile"},
+            204: {"description": "outside the DEM"},
+        },
+    )
+    def hillshade_tile(tms: str, z: Z, y: Y, x: X, request: Request) -> Response:
+        """The terrain's shading on a tile (256 px RGBA PNG: shadow and light, transparent
+        where flat), from the twin's DEM."""
+        check_address(tms, z, y, x)
+        tile, etag = svc.terrain_tile(z, x, y, shading=True)
         return _tile_response(request, tile, etag, "image/png")
 
     return api

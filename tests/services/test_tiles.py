@@ -367,6 +367,52 @@ def test_terrain_tiles_hold_the_dem_elevations(api):
                    headers={"If-None-Match": etag}).status_code == 304  # fmt: skip
 
 
+def test_hillshade_tiles_shade_the_dem_slopes_and_join_up(api):
+    """The shading the console lays over the map: each pixel's light is the DEM's own
+    slope (Horn, from the elevation tiles) against the north-west sun; flat ground is clear,
+    and two neighbouring tiles shade their shared edge alike (each reads a pixel past it)."""
+    from citytwin.services.tiles import SHADE_GAIN, SHADE_OPACITY, SUN_ALTITUDE, hillshade
+
+    store = ctx_of(api).store
+    tj = api.get("/terrain/hillshade/tilejson").json()
+    assert "encoding" not in tj and tj["tileSize"] == 256
+    assert tj["tiles"][0].endswith("/terrain/hillshade/WebMercatorQuad/{z}/{y}/{x}.png")
+    z = 16
+    x, y = tile_at(store, z, 0.5, 0.5)
+
+    def rgba(path):
+        r = api.get(path)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA")).astype(float)
+
+    shade = rgba(f"/terrain/hillshade/{TMS}/{z}/{y}/{x}.png")
+    assert shade.shape == (256, 256, 4) and shade[..., 3].max() > 20  # the city is not flat
+    # the same light from the elevation tiles (the tile and its neighbours' edge pixels)
+    big = np.zeros((768, 768))
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            px = rgba(f"/terrain/{TMS}/{z}/{y + dy}/{x + dx}.png")
+            big[(dy + 1) * 256:(dy + 2) * 256, (dx + 1) * 256:(dx + 2) * 256] = (
+                decode_terrarium(px[..., :3]))  # fmt: skip
+    b = tile_bounds(z, x, y)
+    lat = math.atan(math.sinh((b[1] + b[3]) / 2 / HALF_WORLD * math.pi))
+    light = hillshade(big[255:513, 255:513], (b[2] - b[0]) / 256 * math.cos(lat))
+    d = light - math.sin(math.radians(SUN_ALTITUDE))
+    alpha = np.clip(np.abs(d) * SHADE_GAIN, 0, 1) * SHADE_OPACITY * 255
+    assert np.abs(shade[..., 3] - alpha).max() <= 3  # (elevations rounded to 1/256 m)
+    lit, dark = d > 0.01, d < -0.01
+    assert lit.any() and dark.any()
+    assert (shade[..., :3][lit] == 255).all() and (shade[..., :3][dark] < 100).all()
+    assert (shade[..., 3][np.abs(d) < 1e-4] <= 1).all()  # flat: clear
+    # the tile east of it continues the light across the shared edge
+    east = rgba(f"/terrain/hillshade/{TMS}/{z}/{y}/{x + 1}.png")
+    east_light = hillshade(big[255:513, 511:769], (b[2] - b[0]) / 256 * math.cos(lat))
+    d_east = east_light - math.sin(math.radians(SUN_ALTITUDE))
+    expected = np.clip(np.abs(d_east) * SHADE_GAIN, 0, 1) * SHADE_OPACITY * 255
+    assert np.abs(east[:, 0, 3] - expected[:, 0]).max() <= 3
+    assert api.get(f"/terrain/hillshade/{TMS}/16/0/0.png").status_code == 204
+
+
 def test_terrain_tiles_are_partly_transparent_at_the_dem_edge(api):
     store = ctx_of(api).store
     z = 15

@@ -105,6 +105,16 @@ function setUpSignIn(meta) {
 }
 
 // -- the twin ----------------------------------------------------------------------------------
+/** Whether WebGL draws on the CPU here (SwiftShader, llvmpipe: no GPU, e.g. a virtual desktop). */
+function softwareRenderer() {
+  const gl = document.createElement('canvas').getContext('webgl');
+  if (!gl) return true;
+  const info = gl.getExtension('WEBGL_debug_renderer_info');
+  const name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+  gl.getExtension('WEBGL_lose_context')?.loseContext();
+  return /swiftshader|llvmpipe|software|softpipe/i.test(name);
+}
+
 async function loadMeta() {
   try {
     return await getJSON('/console/api/meta');
@@ -383,7 +393,7 @@ async function main() {
 
   const [tiles, terrain] = await Promise.all([
     optional('/tiles/WebMercatorQuad?f=tilejson', 'vector tiles'),
-    meta.terrain ? optional('/terrain/tilejson', t('terrain')) : Promise.resolve(null),
+    meta.terrain ? optional('/terrain/hillshade/tilejson', t('terrain')) : Promise.resolve(null),
   ]);
   const collections = meta.collections || [];
   const style = buildStyle({ tiles, terrain, collections });
@@ -398,7 +408,8 @@ async function main() {
     bearing: -12,
     maxPitch: 80,
     attributionControl: { compact: true },
-    canvasContextAttributes: { antialias: true },
+    // multisampling is cheap on a GPU and doubles a frame's time on a software renderer
+    canvasContextAttributes: { antialias: !softwareRenderer() },
     transformRequest: (url) => (sameOrigin(url) ? { url, headers: authHeaders() } : { url }),
   });
   api.map = map;
@@ -506,8 +517,7 @@ async function main() {
     for (const id of groundLayers) {
       if (!map.getLayer(id)) continue;
       const type = map.getLayer(id).type;
-      const prop = type === 'hillshade' ? 'hillshade-exaggeration' : `${type}-opacity`;
-      map.setPaintProperty(id, prop, on ? (type === 'hillshade' ? 0.2 : 0.35) : type === 'hillshade' ? 0.6 : type === 'fill' ? 0.9 : 1);
+      map.setPaintProperty(id, `${type}-opacity`, on ? 0.35 : type === 'fill' ? 0.9 : 1);
     }
     for (const n of NETWORKS) {
       if (map.getLayer(`${n}-links`)) map.setPaintProperty(`${n}-links`, 'line-opacity', on ? 0.25 : ['interpolate', ['linear'], ['zoom'], 12, 0.75, 16, 0.95]);
@@ -587,9 +597,12 @@ async function main() {
   alarms.follow();
   await api.idle();
   mark('idle');
-  deckLayers.refreshLabels();
   document.body.dataset.ready = 'true';
   resolveReady({ alarms: alarms.alarms.size, incidents: alarms.incidents.size });
+  // then deck.gl: the labels now, the underground view when asked for
+  deckLayers.start();
+  await api.idle();
+  mark('labels');
 }
 
 main().catch((err) => {

@@ -84,10 +84,11 @@ export function buildStyle({ tiles, terrain, collections }) {
     { id: 'background', type: 'background', paint: { 'background-color': '#eef0e8' } },
   ];
   if (terrain && terrain.tiles && terrain.tiles.length) {
+    // the shading comes drawn from the server: a hillshade layer of the map's own costs a
+    // software renderer (a desktop without a GPU) about a second of the first view
     sources.terrain = {
-      type: 'raster-dem',
+      type: 'raster',
       tiles: terrain.tiles.map(absolute),
-      encoding: terrain.encoding || 'terrarium',
       tileSize: terrain.tileSize || terrain.tile_size || 256,
       minzoom: Number.isFinite(terrain.minzoom) ? terrain.minzoom : 0,
       maxzoom: Number.isFinite(terrain.maxzoom) ? terrain.maxzoom : 15,
@@ -95,14 +96,9 @@ export function buildStyle({ tiles, terrain, collections }) {
     };
     layers.push(grouped('terrain', {
       id: 'terrain-hillshade',
-      type: 'hillshade',
+      type: 'raster',
       source: 'terrain',
-      paint: {
-        'hillshade-exaggeration': 0.6,
-        'hillshade-shadow-color': '#5b5f55',
-        'hillshade-highlight-color': '#ffffff',
-        'hillshade-accent-color': '#7a7f70',
-      },
+      paint: { 'raster-fade-duration': 0 },
     }));
   }
   const vector = (id) => ({ source: TWIN_SOURCE, 'source-layer': id });

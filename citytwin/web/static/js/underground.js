@@ -47,14 +47,25 @@ export class DeckLayers {
     this.controller = null;
     this.timer = null;
     this.loading = null;
+    this.overlay = null; // made by start(): after the map's first complete render
+  }
+
+  /** Put deck.gl on the map and start drawing labels. The console calls it once the map's first
+   * view is drawn: deck.gl's start (its shaders, the label font atlas, the collision pass) would
+   * otherwise hold that view back by about a second on a software renderer. */
+  start() {
+    if (this.overlay) return;
     this.overlay = new deck.MapboxOverlay({ interleaved: true, layers: [] });
-    map.addControl(this.overlay);
-    map.on('moveend', () => this.schedule());
-    map.on('idle', () => this.refreshLabels());
+    this.map.addControl(this.overlay);
+    this.map.on('moveend', () => this.schedule());
+    this.map.on('idle', () => this.refreshLabels());
+    this.refreshLabels();
+    this.render();
   }
 
   /** Switch the underground view; resolves when its pipes are loaded (or it is off). */
   setEnabled(on) {
+    this.start();
     this.enabled = on;
     if (!on) {
       if (this.controller) this.controller.abort();
@@ -189,7 +200,7 @@ export class DeckLayers {
 
   /** Labels of the named features in view, from the loaded tiles (no extra requests). */
   refreshLabels() {
-    if (!this.labelsVisible || !this.map.getSource(TWIN_SOURCE)) return;
+    if (!this.overlay || !this.labelsVisible || !this.map.getSource(TWIN_SOURCE)) return;
     const seen = new Set();
     const labels = [];
     const add = (features, kind, size, colour, filter = () => true) => {
@@ -252,6 +263,7 @@ export class DeckLayers {
   }
 
   render() {
+    if (!this.overlay) return;
     const layers = [];
     if (this.enabled && this.pipes.length) layers.push(this.riserLayer(), this.pipeLayer());
     if (this.labelsVisible && this.labels.length) layers.push(this.labelLayer());
@@ -260,7 +272,7 @@ export class DeckLayers {
 
   /** The underground pipe under a screen point, or null. */
   pick(point) {
-    if (!this.enabled || !this.pipes.length) return null;
+    if (!this.overlay || !this.enabled || !this.pipes.length) return null;
     const hit = this.overlay.pickObject({ x: point.x, y: point.y, radius: 4, layerIds: ['underground-pipes'] });
     return hit && hit.object ? hit.object : null;
   }
