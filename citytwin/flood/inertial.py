@@ -308,7 +308,9 @@ def _side_face(kind, level, he, ze, ne, q, q_in, out, h_min, theta, implicit, fr
     return 0.0, 0.0
 
 
-@numba.njit(parallel=True, cache=True)
+# fused multiply-adds, reciprocals and reordered sums (about 12 % of a step); not "no NaNs":
+# a state that blows up must still show it
+@numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"})
 def _step(h, zb, active, n, qx, qy, qx1, qy1, hx, hy, f, out, kinds, levels,
           dt, dx, theta, implicit, froude, h_min, g):  # fmt: skip
     """One step: new discharges into ``qx1``, ``qy1`` and the flow depths they ran at into
