@@ -4,6 +4,7 @@ engines (EPANET through wntr, SWMM through pyswmm), summed up and drawn."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -48,9 +49,13 @@ def build_demo(folder: Path, console: Console) -> Path:
         lines = replay_demo(path, alarms_png)
     for line in lines:
         console.print(line)
+    with console.status("flood warning: a rainfall nowcast through the flood model …"):
+        lines = forecast_demo(path, folder)
+    for line in lines:
+        console.print(line)
     console.print(
-        f"\nmaps: {png}, {alarms_png}\ntwin: {path}  (try: citytwin info -t {path}; "
-        f"citytwin alarms incidents -t {path})"
+        f"\nmaps: {png}, {alarms_png}, {folder / 'flood-forecast.png'}\ntwin: {path}  (try:"
+        f" citytwin info -t {path}; citytwin alarms incidents -t {path})"
     )
     return path
 
@@ -95,16 +100,74 @@ def replay_demo(path: Path, png: Path) -> list[str]:
     """Four hours of the city's sensors through the ingest pipeline (a 20-year storm at hour 1,
     a gas leak at hour 2, a main burst at hour 3, as fast as it goes), then a map of the alarms
     and incidents."""
-    import pandas as pd
-
     from citytwin.services.runtime import run_replay
     from citytwin.store import open_store
 
-    start = (pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=5)).to_pydatetime()
-    lines = run_replay(path, start=start, hours=4.0, burst_at=3.0, storm_at=1.0, gas_at=2.0)
+    start = _replay_start().to_pydatetime()
+    lines = run_replay(
+        path, start=start, hours=REPLAY_HOURS, burst_at=3.0, storm_at=1.0, gas_at=2.0
+    )
     with open_store(path, read_only=True) as store:
         draw_alarms(store, png)
     return lines
+
+
+REPLAY_HOURS = 4.0
+
+
+def _replay_start() -> Any:
+    """Where the demo's replayed readings start: five hours ago, on the hour."""
+    import pandas as pd
+
+    return pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=5)
+
+
+def forecast_demo(path: Path, folder: Path) -> list[str]:
+    """The flood warning link: a weather service's nowcast at the end of the replayed readings
+    (a 50-year, 60-minute Chicago storm from 20 minutes after the issue, 5-minute steps on a
+    500 m grid in the twin's CRS, as NetCDF) run through ``citytwin.app.forecast``: its flood
+    scenario kept, the virtual city's predicted rules raising warnings with their lead time,
+    and a map of it."""
+    import pandas as pd
+    import xarray as xr
+    from pyproj import CRS
+
+    from citytwin.app.flood import draw_flood
+    from citytwin.app.forecast import run_forecast
+    from citytwin.store import open_store
+
+    issued = _replay_start() + pd.Timedelta(hours=REPLAY_HOURS)
+    start = issued + pd.Timedelta(minutes=20)
+    _, mm_h = chicago_hyetograph(50.0, 60.0, 5.0)
+    nc = folder / "nowcast.nc"
+    with open_store(path, read_only=True) as store:
+        x0, y0, x1, y1 = store.meta.extent
+        x = np.arange(x0 - 750, x1 + 1000, 500.0)
+        y = np.arange(y1 + 750, y0 - 1000, -500.0)
+        wkt = CRS.from_user_input(store.meta.crs).to_wkt()
+    times = (start.tz_localize(None) + pd.to_timedelta(np.arange(len(mm_h)) * 5, "min"))
+    rate = np.broadcast_to(np.asarray(mm_h, float)[:, None, None], (len(mm_h), len(y), len(x)))
+    rain = xr.DataArray(rate, dims=("time", "y", "x"),
+                        coords={"time": times.to_numpy(), "y": y, "x": x},
+                        attrs={"units": "mm h-1", "grid_mapping": "crs"})  # fmt: skip
+    ds = xr.Dataset({"rainfall_rate": rain, "crs": xr.DataArray(0, attrs={"crs_wkt": wkt})})
+    ds.attrs.update(issued=issued.isoformat(), title="VIRTUAL nowcast (demo)")
+    ds.to_netcdf(nc)
+    with open_store(path) as store:
+        run = run_forecast(store, nc)
+        virtual = store.meta.virtual
+    png = draw_flood(run.scenario, folder / "flood-forecast.png", virtual=virtual)
+    s = run.scenario.summary
+    raised = run.events[run.events["event"] == "raise"] if len(run.events) else run.events
+    lead = (
+        f", the soonest in {raised['lead_time_s'].min() / 60:.0f} min" if len(raised) else ""
+    )
+    return [
+        f"flood nowcast issued {issued:%H:%M} UTC ({nc.name}): {s['buildings_flooded']} buildings"
+        f" and {s['residents_affected']} residents reached, {s['impassable_length_m'] / 1000:.1f}"
+        f" km of road impassable; {len(raised)} predicted warnings raised{lead}"
+        f" (scenario {run.scenario.id}; map {png.name})"
+    ]
 
 
 def draw_alarms(store: Store, png: Path) -> None:

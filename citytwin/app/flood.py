@@ -103,34 +103,10 @@ def flood_grid(
     to ``bounds`` when given), buildings as walls, Manning's n of roads and of the rest, and
     Green–Ampt infiltration on the pervious share of each land-use block; every side ``open``
     (water leaves the area) or ``closed``."""
-    try:
-        dem_bytes = store.get_raster("dem")
-    except (KeyError, NotFound):
-        raise InvalidInput(
-            "the twin has no terrain model (raster 'dem')", hint="citytwin import a GeoTIFF DEM"
-        ) from None
-    with open_raster(dem_bytes) as ds:
+    with open_raster(_dem_bytes(store)) as ds:
         src, src_t = ds.read(1, masked=True).filled(np.nan).astype(float), ds.transform
-        src_cell = abs(src_t.a)
-        left, top = src_t.c, src_t.f
-        right, bottom = left + src_t.a * ds.width, top + src_t.e * ds.height
-        src_crs = ds.crs
-    x0, y1, x1, y0 = left, bottom, right, top
-    if bounds is not None:
-        x0, y1, x1, y0 = (
-            max(x0, bounds[0]),
-            max(y1, bounds[1]),
-            min(x1, bounds[2]),
-            min(y0, bounds[3]),
-        )
-        if x1 <= x0 or y0 <= y1:
-            raise InvalidInput(
-                "the bounds miss the terrain model", hint=f"it covers {left, bottom, right, top}"
-            )
-    dx = float(cell or src_cell)
-    if not dx > 0:
-        raise InvalidInput("the cell size must be > 0 m")
-    shape = (max(2, round((y0 - y1) / dx)), max(2, round((x1 - x0) / dx)))
+        src_crs, src_cell = ds.crs, abs(src_t.a)
+        (x0, y1, _, y0), dx, shape = _grid_window(ds, cell, bounds)
     transform = from_origin(x0, y0, dx, dx)
     z = np.full(shape, np.nan)
     reproject(
@@ -697,26 +673,36 @@ def grid_shape(
     """The (rows, columns) of the grid ``flood_grid`` makes for ``cell`` and ``bounds``,
     without making it (to refuse a run too large before it starts); ``InvalidInput`` as
     ``flood_grid`` for a twin without terrain or bounds that miss it."""
+    with open_raster(_dem_bytes(store)) as ds:
+        return _grid_window(ds, cell, bounds)[2]
+
+
+def _dem_bytes(store: Store) -> bytes:
     try:
-        dem_bytes = store.get_raster("dem")
+        return store.get_raster("dem")
     except (KeyError, NotFound):
         raise InvalidInput(
             "the twin has no terrain model (raster 'dem')", hint="citytwin import a GeoTIFF DEM"
         ) from None
-    with open_raster(dem_bytes) as ds:
-        left, bottom, right, top = ds.bounds
+
+
+def _grid_window(
+    ds: Any, cell: float | None, bounds: tuple[float, float, float, float] | None
+) -> tuple[tuple[float, float, float, float], float, tuple[int, int]]:
+    """The flood grid over the DEM ``ds``: its (west, south, east, north) — the DEM's, cut to
+    ``bounds`` —, its cell (``cell``, default the DEM's) and its (rows, columns)."""
+    t = ds.transform
+    left, top = t.c, t.f
+    right, bottom = left + t.a * ds.width, top + t.e * ds.height
     x0, y1, x1, y0 = left, bottom, right, top
     if bounds is not None:
-        x0, y1, x1, y0 = (
-            max(x0, bounds[0]),
-            max(y1, bounds[1]),
-            min(x1, bounds[2]),
-            min(y0, bounds[3]),
-        )
+        x0, y1 = max(x0, bounds[0]), max(y1, bounds[1])
+        x1, y0 = min(x1, bounds[2]), min(y0, bounds[3])
         if x1 <= x0 or y0 <= y1:
             raise InvalidInput(
                 "the bounds miss the terrain model", hint=f"it covers {left, bottom, right, top}"
             )
-    if not cell > 0:
+    dx = float(cell or abs(t.a))
+    if not dx > 0:
         raise InvalidInput("the cell size must be > 0 m")
-    return max(2, round((y0 - y1) / cell)), max(2, round((x1 - x0) / cell))
+    return (x0, y1, x1, y0), dx, (max(2, round((y0 - y1) / dx)), max(2, round((x1 - x0) / dx)))
