@@ -196,16 +196,18 @@ def run_storm(
     bounds: tuple[float, float, float, float] | None = None,
     coupled: bool = False,
     on_step: Callable[[float, float], None] | None = None,
+    grid: FloodGrid | None = None,
 ) -> FloodScenario:
     """Run a design storm (``return_period`` years, ``duration_min``; or the given ``rain``) on
     the twin's surface for the storm plus ``after_min``, optionally coupled to its storm
-    drainage through SWMM, and assess what it reaches."""
+    drainage through SWMM, and assess what it reaches; ``grid``: the twin's flood grid when
+    the caller has made it already (else made for ``cell`` and ``bounds``)."""
     try:
         solver_for(solver)
         rain = rain or design_storm(return_period, duration_min)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    grid = flood_grid(store, cell=cell, bounds=bounds)
+    grid = grid or flood_grid(store, cell=cell, bounds=bounds)
     seconds = (duration_min + after_min) * 60.0
     exchange, coupling = None, None
     if coupled:

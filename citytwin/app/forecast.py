@@ -36,7 +36,7 @@ import shapely
 from citytwin.app.flood import FloodScenario, flood_grid, run_storm, save_scenario
 from citytwin.app.monitoring import twin_rules
 from citytwin.errors import CityTwinError, InvalidInput
-from citytwin.flood.impacts import _sample_max, building_depths, point_depths
+from citytwin.flood.impacts import building_depths, line_max, point_depths
 from citytwin.flood.rain import gridded_rain
 from citytwin.formats.rainfall import Grid, read_rainfall
 from citytwin.store import Query, Store
@@ -102,8 +102,9 @@ def run_forecast(
     its rain); ``cell``, ``bounds``, ``after_min``, ``solver``, ``coupled`` as for
     ``run_storm``; ``webhooks``: default the twin's."""
     path = Path(path)
-    grid = _grid_of(store, cell, bounds)
-    rain = read_rainfall(path, grid, variable=variable)
+    fg = flood_grid(store, cell=cell, bounds=bounds)
+    r = fg.raster
+    rain = read_rainfall(path, Grid(fg.crs, r.x0, r.y0, r.dx, r.shape), variable=variable)
     times, mm_h = rain.times_s, rain.mm_per_h
     if len(times) < 2:
         raise InvalidInput(
@@ -128,6 +129,7 @@ def run_forecast(
         bounds=bounds,
         coupled=coupled,
         on_step=on_step,
+        grid=fg,
     )
     scenario.id = f"{scenario.id}-forecast"
     scenario.params = {
@@ -153,15 +155,6 @@ def run_forecast(
         )
     announce(changes, queued, hub=hub, dispatcher=dispatcher)
     return ForecastRun(scenario, key, when, start, impacts, events, changes, queued)
-
-
-def _grid_of(store: Store, cell: float, bounds: Any) -> Grid:
-    """The grid the run will have, to read the rain onto (``run_storm`` makes it again from
-    the same twin, cell and bounds: ``flood_grid`` is deterministic, and cheap next to a
-    run)."""
-    fg = flood_grid(store, cell=cell, bounds=bounds)
-    r = fg.raster
-    return Grid(fg.crs, r.x0, r.y0, r.dx, r.shape)
 
 
 def forecast_impacts(store: Store, scenario: FloodScenario, start: Any) -> pd.DataFrame:
@@ -206,8 +199,8 @@ def forecast_impacts(store: Store, scenario: FloodScenario, start: Any) -> pd.Da
     s = store.query(Query("streets", intersects=box, columns=["name"]))
     if len(s):
         lines = s.geometry.to_numpy()
-        deepest = _sample_max(depth, r, lines, r.dx / 2)
-        wet = _sample_max(earliest, r, lines, r.dx / 2)
+        deepest = line_max(depth, r, lines, r.dx / 2)
+        wet = line_max(earliest, r, lines, r.dx / 2)
         add("road", s, deepest, wet, shapely.line_interpolate_point(lines, 0.5, normalized=True))
     f = scenario.facilities
     if len(f):

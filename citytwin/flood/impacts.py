@@ -52,7 +52,7 @@ def hazard_class(max_hazard: np.ndarray, wet: np.ndarray | None = None) -> np.nd
     return np.where(dry, 0, cls).astype(np.int8)
 
 
-def _sample_max(values: np.ndarray, grid: Raster, lines: np.ndarray, step: float) -> np.ndarray:
+def line_max(values: np.ndarray, grid: Raster, lines: np.ndarray, step: float) -> np.ndarray:
     """Per line (or ring) the largest finite value of the cells along it (NaN: none)."""
     if not len(lines):
         return np.zeros(0)
@@ -71,14 +71,14 @@ def building_depths(max_depth: np.ndarray, grid: Raster, footprints: np.ndarray)
     """Per building the deepest water (m) along its walls: around the footprint, one cell out
     (the footprint's own cells are walls to the water). NaN off the grid."""
     rings = shapely.boundary(shapely.buffer(footprints, 0.75 * grid.dx, join_style="mitre"))
-    return _sample_max(max_depth, grid, rings, grid.dx / 2)
+    return line_max(max_depth, grid, rings, grid.dx / 2)
 
 
 def point_depths(max_depth: np.ndarray, grid: Raster, points: np.ndarray) -> np.ndarray:
     """The water depth at points (the deepest within a cell of each: facilities stand beside
     the flow, metro entrances in it)."""
     rings = shapely.boundary(shapely.buffer(points, 0.75 * grid.dx, quad_segs=2))
-    around = _sample_max(max_depth, grid, rings, grid.dx / 2)
+    around = line_max(max_depth, grid, rings, grid.dx / 2)
     xy = shapely.get_coordinates(shapely.centroid(points))
     row, col, inside = grid.cells(xy)
     at = np.where(inside, max_depth[row, col], np.nan)
