@@ -225,7 +225,9 @@ def test_an_alarm_appears_in_the_panel_as_it_is_raised(console, console_server):
         alarm = next(a for a in raised if a["datastream_id"] == datastream)
         item = page.wait_for_selector(f"#alarms li[data-alarm-id='{alarm['alarm_id']}']")
         active = http.get("/alarms", params={"status": "active"}).json()["value"]
-    assert int(page.get_attribute("#alarms", "data-alarm-count")) == len(active) == before + 1
+    # the panel counts what the service holds active (the replay may raise others meanwhile)
+    assert int(page.get_attribute("#alarms", "data-alarm-count")) == len(active) > before
+    assert alarm["alarm_id"] in {a["alarm_id"] for a in active}
     assert item.get_attribute("data-severity") == alarm["severity"]
     # a click flies to it and shows it; the device turns to 'alarm' on the map
     item.click()
