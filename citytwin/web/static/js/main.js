@@ -221,6 +221,7 @@ class Sensors {
     this.enabled = enabled;
     this.controller = null;
     this.timer = null;
+    this.loading = null;
     this.count = 0;
     map.on('moveend', () => this.schedule());
   }
@@ -231,16 +232,24 @@ class Sensors {
   }
 
   /** The devices in view (all classes from zoom 15, the network instruments below it), from
-   * ``pending`` when given (a ``request()`` made earlier). */
-  async load(pending = this.request()) {
-    if (!pending) return;
-    try {
-      const doc = await pending;
-      this.map.getSource(SENSORS_SOURCE).setData(doc);
-      this.count = doc.features.length;
-    } catch (err) {
-      if (err.name !== 'AbortError') degraded(t('unavailable', { what: t('sensors'), why: err.message }));
-    }
+   * ``pending`` when given (a ``request()`` made earlier). Resolves once the map shows devices
+   * asked for no earlier than this call: a load overtaken by a newer one (the map moved) waits
+   * for that one. */
+  load(pending = this.request()) {
+    if (!pending) return Promise.resolve();
+    const run = (async () => {
+      try {
+        const doc = await pending;
+        this.map.getSource(SENSORS_SOURCE).setData(doc);
+        this.count = doc.features.length;
+      } catch (err) {
+        if (err.name === 'AbortError') return this.loading === run ? undefined : this.loading;
+        degraded(t('unavailable', { what: t('sensors'), why: err.message }));
+      }
+      return undefined;
+    })();
+    this.loading = run;
+    return run;
   }
 
   /** The request for the devices in view (it needs only the map's bounds, not its style). */
