@@ -59,14 +59,22 @@ class Solver(Protocol):
         arrays: dict[str, np.ndarray],
         dt: float,
         levels: np.ndarray,
+        speed: np.ndarray | None = None,
     ) -> float:
         """Move the water by ``dt`` seconds, in place (``levels``: the held level per side,
         north, south, west, east, NaN where none); the net volume (m³) that left the grid
-        through its sides (negative when more came in)."""
+        through its sides (negative when more came in). ``speed``, where given, receives the
+        flow speed at the end of the step (as ``speed()`` gives it)."""
         ...
 
-    def speed(self, domain: Domain, h: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """The flow speed (m/s) in each cell."""
+    def speed(
+        self,
+        domain: Domain,
+        h: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The flow speed (m/s) in each cell (into ``out`` where given)."""
         ...
 
 
@@ -222,6 +230,7 @@ def simulate(
             raise ValueError(f"an inflow enters at {f.cells}: every cell must be on the grid and"
                              " open (not outside the bed or a building)")
     moved = np.zeros(shape)
+    speed = np.zeros(shape)  # each step's, in place
     deepest: float | None = None  # on the grid, as the last step left it (None: not known)
     next_sync, exchange_q = t, None
     steps = 0
@@ -255,7 +264,7 @@ def simulate(
                 h += r
                 totals["rain"] += float(r.sum()) * area
             elif r:
-                np.add(h, r, out=h, where=active)
+                _add_depth(h, active, r)
                 totals["rain"] += r * n_active * area
         for f, (rows, cols) in zip(inflows, inflow_cells, strict=True):
             vol = f.q.mean(t, t + dt) * dt
@@ -268,17 +277,16 @@ def simulate(
             totals["exchange"] += float(dh.sum()) * area
         if loss_params is not None:
             totals["losses"] += _infiltrate(h, state.infiltrated, active, *loss_params, dt) * area
-        totals["outflow"] += solver.step(domain, h, arrays, dt, domain.levels(t + dt))
+        totals["outflow"] += solver.step(domain, h, arrays, dt, domain.levels(t + dt), speed)
         t += dt
         steps += 1
-        speed = solver.speed(domain, h, arrays)
         if serial:
             numba.set_num_threads(1)
-        deepest = _track(h, speed, active, t, dt, threshold, HAZARD_DEBRIS,
-                         max_depth, max_speed, max_hazard, first_wet, wet_duration)
+        deepest, held = _track(h, speed, active, t, dt, threshold, HAZARD_DEBRIS,
+                               max_depth, max_speed, max_hazard, first_wet, wet_duration)
         if serial:
             numba.set_num_threads(threads)
-        volume = float(h.sum() * area)  # inactive cells hold no water
+        volume = held * area
         expected = balance.initial + totals["rain"] + totals["inflow"] + totals["exchange"]
         expected -= totals["losses"] + totals["outflow"]
         balance.t.append(t)
@@ -302,14 +310,18 @@ def simulate(
 def _track(h, speed, active, t, dt, threshold, debris,
            max_depth, max_speed, max_hazard, first_wet, wet_duration):
     """Update the extremes with the state at the end of a step of ``dt`` ending at ``t``; the
-    deepest water on the grid now (for the next step's length)."""
+    deepest water on the grid now (for the next step's length) and the depth summed over the
+    active cells (the volume held over the cell area)."""
     ny, nx = h.shape
-    rows = np.zeros(ny)
+    tops = np.zeros(ny)
+    sums = np.zeros(ny)
     for i in numba.prange(ny):
         top = 0.0
+        held = 0.0
         for j in range(nx):
             if active[i, j]:
                 d = h[i, j]
+                held += d
                 if d > top:
                     top = d
                 if d > max_depth[i, j]:
@@ -324,8 +336,18 @@ def _track(h, speed, active, t, dt, threshold, debris,
                     if math.isnan(first_wet[i, j]):
                         first_wet[i, j] = t
                     wet_duration[i, j] += dt
-        rows[i] = top
-    return rows.max()
+        tops[i] = top
+        sums[i] = held
+    return tops.max(), sums.sum()
+
+
+@numba.njit(parallel=True, cache=True)
+def _add_depth(h, active, depth):
+    """Add ``depth`` to the water of every active cell (uniform rain), on all threads."""
+    ny, nx = h.shape
+    for i in numba.prange(ny):
+        for j in range(nx):
+            h[i, j] += depth if active[i, j] else 0.0
 
 
 def _loss_arrays(domain: Domain) -> tuple[np.ndarray, np.ndarray, bool] | None:

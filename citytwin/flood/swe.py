@@ -658,10 +658,16 @@ class ShallowWater:
                                     self.dry, G))  # fmt: skip
         return s
 
-    def speed(self, domain: Domain, h: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """``sqrt(u² + v²)`` (m/s), 0 where dry."""
+    def speed(
+        self,
+        domain: Domain,
+        h: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``sqrt(u² + v²)`` (m/s), 0 where dry; into ``out`` where given."""
         hu, hv = self._arrays(domain, arrays)
-        out = np.empty(domain.shape)
+        out = np.empty(domain.shape) if out is None else out
         with _threads_for(domain):
             _speed(h, hu, hv, domain.active, self.dry, out)
         return out
@@ -673,9 +679,10 @@ class ShallowWater:
         arrays: dict[str, np.ndarray],
         dt: float,
         levels: np.ndarray,
+        speed: np.ndarray | None = None,
     ) -> float:
         """Advance ``h``, ``hu``, ``hv`` by ``dt`` seconds in place; the net volume (m³) that
-        left through the grid's sides.
+        left through the grid's sides; the speed at the end into ``speed`` where given.
 
         The run loop picks ``dt`` from ``max_dt`` before it adds the sources (rain, inflows),
         so the water it is given may be faster: where ``dt`` would exceed a Courant number of
@@ -690,7 +697,10 @@ class ShallowWater:
         if not dt > 0.0:
             raise ValueError(f"the time step must be > 0 s, not {dt}")
         with _threads_for(domain):
-            return self._step(domain, h, hu, hv, dt, kinds, levels)
+            out = self._step(domain, h, hu, hv, dt, kinds, levels)
+        if speed is not None:
+            self.speed(domain, h, arrays, out=speed)
+        return out
 
     def _step(self, domain, h, hu, hv, dt, kinds, levels) -> float:
         s = self._signal_speed(domain, h, hu, hv, kinds, levels)
