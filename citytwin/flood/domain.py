@@ -45,6 +45,10 @@ class Series:
             raise ValueError("the times of a series must increase")
         object.__setattr__(self, "times", t)
         object.__setattr__(self, "values", v)
+        # the integral up to each time (asked for at every step of a run)
+        object.__setattr__(
+            self, "_integrals", np.concatenate([[0.0], np.cumsum(np.diff(t) * v[:-1])])
+        )
 
     @classmethod
     def constant(cls, value: float) -> Series:
@@ -66,8 +70,7 @@ class Series:
         if t <= self.times[0]:
             return 0.0
         i = int(np.searchsorted(self.times, t, side="right")) - 1
-        widths = np.diff(self.times[: i + 1])
-        return float(np.sum(widths * self.values[:i]) + (t - self.times[i]) * self.values[i])
+        return float(self._integrals[i] + (t - self.times[i]) * self.values[i])
 
     def next_change(self, t: float) -> float:
         """The first time after ``t`` at which the value changes (inf if none)."""

@@ -235,8 +235,7 @@ class LocalInertia:
 
 def _ghost_depth(domain: Domain) -> float:
     """The deepest water a level boundary's ghost cells can hold (over the level series)."""
-    kinds = domain.side_kinds()
-    if not np.any(kinds == _LEVEL):
+    if all(b.kind != "level" for b in domain.boundaries.values()):
         return 0.0
     edges = {"north": (0, slice(None)), "south": (-1, slice(None)),
              "west": (slice(None), 0), "east": (slice(None), -1)}  # fmt: skip
