@@ -129,6 +129,14 @@ def serve(
             "(or failed/, with why)."
         ),
     ] = None,
+    request_threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests handled at once on worker threads; more wait their turn (default: "
+            "two per core, at least 4).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the twin: OGC API Features, Tiles and Processes, the SensorThings API (read and
     ingestion), the catalogue, alarms, incidents, the event stream and the operations
@@ -149,6 +157,7 @@ def serve(
             speedup=speedup,
             forecast_dir=forecast_dir,
             banner=lambda text: console.print(f"serving {twin}; Ctrl-C stops\n{text}"),
+            request_threads=request_threads,
         )
 
     run(body)

@@ -331,8 +331,11 @@ class FeatureService:
         found = self.store.extent(coll.query())
         doc = None
         if found.bbox is not None:
-            area = reproject(shapely.box(*found.bbox), self.storage_crs, CRS84)
-            box = shapely.bounds(area).tolist()
+            # the box's outline, not the box: a box of no width or height (points on a line,
+            # one point) is an empty polygon, with no bounds
+            x0, y0, x1, y1 = found.bbox
+            outline = shapely.LineString([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
+            box = shapely.bounds(reproject(outline, self.storage_crs, CRS84)).tolist()
             lo = [math.floor(v * 1e7) / 1e7 for v in box[:2]]  # rounded outward
             doc = {"spatial": {"bbox": [lo + [math.ceil(v * 1e7) / 1e7 for v in box[2:]]],
                                "crs": CRS84}}  # fmt: skip

@@ -137,3 +137,36 @@ def test_rules_file_reload_is_picked_up(client, tmp_path):
         service.reload_rules()
     assert service.ingestor.rules["gas"].condition.levels[-1] == ("red", 40.0)
     assert load_rules  # the same loader the service uses
+
+
+def test_requests_run_on_a_bounded_number_of_worker_threads(twin_path, tmp_path):  # noqa: F811
+    # Sync endpoints share anyio's worker threads: a few per core (more only take turns at the
+    # GIL and stretch every request); the bound is the app's, set as it starts, and a bound
+    # below one is refused.
+    from anyio import to_thread
+
+    from citytwin.errors import InvalidInput
+    from citytwin.services.api import default_request_threads
+
+    def tokens(client: TestClient) -> float:
+        assert client.portal is not None
+        return client.portal.call(lambda: to_thread.current_default_thread_limiter().total_tokens)
+
+    service = MonitoringService.open(twin_path, clock="data")
+    with pytest.raises(InvalidInput, match="request threads"):
+        service.http_app(request_threads=0)
+    with TestClient(service.http_app(request_threads=3)) as c:
+        assert tokens(c) == 3
+        assert c.get("/collections/devices/items").json()["numberReturned"] == 8
+    service = MonitoringService.open(twin_path, clock="data")
+    with TestClient(service.http_app()) as c:
+        assert tokens(c) == default_request_threads() >= 4
+
+
+def test_a_collection_on_a_line_has_an_extent(client):
+    # The fixture's devices lie on one east-west line: their bounding box has no height (an
+    # empty polygon, once a 500 on /collections); the extent is the line's box in CRS84.
+    doc = client.get("/collections/devices").json()
+    (x0, y0, x1, y1), = doc["extent"]["spatial"]["bbox"]
+    assert x0 < x1 and y1 - y0 < 1e-6
+    assert client.get("/collections").status_code == 200
