@@ -51,10 +51,13 @@ deep in the tests' dam break over hills). ``froude_limit`` caps each face's disc
 Froude number (CAESAR-Lisflood does the same), at the cost of slowing genuinely supercritical
 sheet flow (steep streets, the V-catchment's hillslopes: its rising limb is slower with 1).
 
-Performance: the three passes of a step (faces, outflow limiter, continuity) are numba loops
-run in parallel over rows, the per-row work inlined (a call per row costs atomic reference
-counts on every array, which two threads then fight over); grids under ``min_parallel_cells``
-run on one thread.
+Performance: the three passes of a step (faces, outflow limiter, continuity, which also gives
+the cells' speeds) are numba loops run in parallel over rows, the per-row work inlined (a call
+per row costs atomic reference counts on every array, which two threads then fight over);
+grids under ``min_parallel_cells`` run on one thread. The loops along a row are branch-free
+(every face's discharge is computed, then selected where it flows; the limiter's factors sit
+in a frame of ones for the ghost cells), so that LLVM vectorises them: four faces at a time
+with AVX2, about 2.5x the branchy loops' speed on wet grids.
 """
 
 from __future__ import annotations
