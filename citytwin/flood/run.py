@@ -233,6 +233,7 @@ def simulate(
     speed = np.zeros(shape)  # each step's, in place
     deepest: float | None = None  # on the grid, as the last step left it (None: not known)
     next_sync, exchange_q = t, None
+    trading, rates = np.empty(0, np.intp), np.empty(0)  # the exchanging cells, their rates
     steps = 0
     n_active = int(active.sum())
     loss_params = _loss_arrays(domain)
@@ -242,6 +243,9 @@ def simulate(
         if exchange is not None and t >= next_sync - 1e-9:
             next_sync, exchange_q = exchange.sync(t, h, moved)
             moved = np.zeros(shape)
+            # only the inlets trade water: work on those cells alone until the next sync
+            trading = np.flatnonzero(exchange_q)
+            rates = exchange_q.reshape(-1)[trading]
         stable = solver.max_dt(domain, h, arrays, deepest)
         if not stable > 0:  # NaN or 0 (inf: nothing moves)
             raise FloatingPointError(f"no stable time step at t = {t:.3f} s (the state blew up)")
@@ -270,10 +274,11 @@ def simulate(
             vol = f.q.mean(t, t + dt) * dt
             np.add.at(h, (rows, cols), vol / len(rows) / area)
             totals["inflow"] += vol
-        if exchange_q is not None:
-            dh = np.maximum(exchange_q * dt / area, -h)  # no more leaves than is there
-            h += dh
-            moved += dh * area
+        if len(trading):
+            flat_h, flat_moved = h.reshape(-1), moved.reshape(-1)  # views: both C-ordered
+            dh = np.maximum(rates * dt / area, -flat_h[trading])  # no more leaves than is there
+            flat_h[trading] += dh
+            flat_moved[trading] += dh * area
             totals["exchange"] += float(dh.sum()) * area
         if loss_params is not None:
             totals["losses"] += _infiltrate(h, state.infiltrated, active, *loss_params, dt) * area
