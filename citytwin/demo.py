@@ -3,8 +3,8 @@ engines (EPANET through wntr, SWMM through pyswmm), summed up and drawn."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -19,6 +19,8 @@ from citytwin.synth.water import water_check
 
 DEMO_AREA_KM2 = 4.0
 DEMO_SEED = 1
+REPLAY_HOURS = 4.0
+"""The demo's replayed readings: hours, ending an hour ago."""
 DEMO_USER = "duty"
 """The demo's console user (emergency management; a new password each run)."""
 
@@ -45,12 +47,13 @@ def build_demo(folder: Path, console: Console) -> Path:
     finally:
         store.close()
     alarms_png = folder / "monitoring.png"
+    start = replay_start()
     with console.status("live monitoring: replaying a storm, a main burst and a gas leak …"):
-        lines = replay_demo(path, alarms_png)
+        lines = replay_demo(path, alarms_png, start)
     for line in lines:
         console.print(line)
     with console.status("flood warning: a rainfall nowcast through the flood model …"):
-        lines = forecast_demo(path, folder)
+        lines = forecast_demo(path, folder, start + dt.timedelta(hours=REPLAY_HOURS))
     for line in lines:
         console.print(line)
     console.print(
@@ -96,14 +99,13 @@ def serve_demo(path: Path, port: int, console: Console) -> None:
     )
 
 
-def replay_demo(path: Path, png: Path) -> list[str]:
-    """Four hours of the city's sensors through the ingest pipeline (a 20-year storm at hour 1,
-    a gas leak at hour 2, a main burst at hour 3, as fast as it goes), then a map of the alarms
-    and incidents."""
+def replay_demo(path: Path, png: Path, start: dt.datetime) -> list[str]:
+    """Four hours of the city's sensors from ``start`` through the ingest pipeline (a 20-year
+    storm at hour 1, a gas leak at hour 2, a main burst at hour 3, as fast as it goes), then a
+    map of the alarms and incidents."""
     from citytwin.services.runtime import run_replay
     from citytwin.store import open_store
 
-    start = _replay_start().to_pydatetime()
     lines = run_replay(
         path, start=start, hours=REPLAY_HOURS, burst_at=3.0, storm_at=1.0, gas_at=2.0
     )
@@ -112,22 +114,18 @@ def replay_demo(path: Path, png: Path) -> list[str]:
     return lines
 
 
-REPLAY_HOURS = 4.0
+def replay_start() -> dt.datetime:
+    """Where the demo's replayed readings start: five hours ago, on the hour (UTC)."""
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return now - dt.timedelta(hours=5)
 
 
-def _replay_start() -> Any:
-    """Where the demo's replayed readings start: five hours ago, on the hour."""
-    import pandas as pd
-
-    return pd.Timestamp.now(tz="UTC").floor("h") - pd.Timedelta(hours=5)
-
-
-def forecast_demo(path: Path, folder: Path) -> list[str]:
-    """The flood warning link: a weather service's nowcast at the end of the replayed readings
-    (a 50-year, 60-minute Chicago storm from 20 minutes after the issue, 5-minute steps on a
-    500 m grid in the twin's CRS, as NetCDF) run through ``citytwin.app.forecast``: its flood
-    scenario kept, the virtual city's predicted rules raising warnings with their lead time,
-    and a map of it."""
+def forecast_demo(path: Path, folder: Path, issued: dt.datetime) -> list[str]:
+    """The flood warning link: a weather service's nowcast issued at ``issued`` (the end of the
+    replayed readings; a 50-year, 60-minute Chicago storm from 20 minutes after the issue,
+    5-minute steps on a 500 m grid in the twin's CRS, as NetCDF) run through
+    ``citytwin.app.forecast``: its flood scenario kept, the virtual city's predicted rules
+    raising warnings with their lead time, and a map of it."""
     import pandas as pd
     import xarray as xr
     from pyproj import CRS
@@ -136,7 +134,7 @@ def forecast_demo(path: Path, folder: Path) -> list[str]:
     from citytwin.app.forecast import run_forecast
     from citytwin.store import open_store
 
-    issued = _replay_start() + pd.Timedelta(hours=REPLAY_HOURS)
+    issued = pd.Timestamp(issued)
     start = issued + pd.Timedelta(minutes=20)
     _, mm_h = chicago_hyetograph(50.0, 60.0, 5.0)
     nc = folder / "nowcast.nc"

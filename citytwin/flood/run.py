@@ -232,7 +232,7 @@ def simulate(
     moved = np.zeros(shape)
     speed = np.zeros(shape)  # each step's, in place
     deepest: float | None = None  # on the grid, as the last step left it (None: not known)
-    next_sync, exchange_q = t, None
+    next_sync = t
     trading, rates = np.empty(0, np.intp), np.empty(0)  # the exchanging cells, their rates
     steps = 0
     n_active = int(active.sum())
