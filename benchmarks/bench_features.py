@@ -451,12 +451,13 @@ def main() -> None:
         else [float("nan")]
     )
     p99 = [r["p99"] for r in ours]
+    ratio, tail = float(np.median(ratios)), float(np.median(p99))
     print(
         f"\nthroughput vs pygeoapi's best, round by round: "
-        f"{', '.join(f'{r:.1f}x' for r in ratios)}; median {float(np.median(ratios)):.1f}x"
-        f"  [target >= 5x]\nCityTwin p99, round by round: "
-        f"{', '.join(f'{v:.0f}' for v in p99)} ms; median {float(np.median(p99)):.0f} ms"
-        f"  [target <= 100 ms]"
+        f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {ratio:.2f}x"
+        f"  [target >= 5x: {'PASS' if ratio >= 5.0 else 'MISSED'}]\nCityTwin p99, round by"
+        f" round: {', '.join(f'{v:.0f}' for v in p99)} ms; median {tail:.0f} ms"
+        f"  [target <= 100 ms: {'PASS' if tail <= 100.0 else 'MISSED'}]"
     )
 
 
