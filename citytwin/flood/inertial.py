@@ -52,12 +52,15 @@ Froude number (CAESAR-Lisflood does the same), at the cost of slowing genuinely 
 sheet flow (steep streets, the V-catchment's hillslopes: its rising limb is slower with 1).
 
 Performance: the three passes of a step (faces, outflow limiter, continuity, which also gives
-the cells' speeds) are numba loops run in parallel over rows, the per-row work inlined (a call
-per row costs atomic reference counts on every array, which two threads then fight over);
-grids under ``min_parallel_cells`` run on one thread. The loops along a row are branch-free
-(every face's discharge is computed, then selected where it flows; the limiter's factors sit
-in a frame of ones for the ghost cells), so that LLVM vectorises them: four faces at a time
-with AVX2, about 2.5x the branchy loops' speed on wet grids.
+the cells' speeds) are numba loops over rows, streamed together through bands of rows run in
+parallel (see ``_step``), the per-row work inlined (a call per row costs atomic reference
+counts on every array, which two threads then fight over); grids under ``min_parallel_cells``
+run on one thread. The loops along a row are branch-free (every face's discharge is computed,
+then selected where it flows; the limiter's factors sit in a frame of ones for the ghost
+cells), so that LLVM vectorises them: four faces at a time with AVX2, about 2.5x the branchy
+loops' speed on wet grids. Vectorised, the face loop waits on divisions and square roots: a
+face takes two divisions and one root (the friction term's quotients over one denominator),
+a cell's speed one of each.
 """
 
 from __future__ import annotations
@@ -178,10 +181,11 @@ class LocalInertia:
         lev = np.asarray(levels, dtype=np.float64)
         n = self._manning(domain)
         with self._threads(h.size):
+            bands = bands_for(ny, numba.get_num_threads())
             _step(h, domain.zb, domain.active, n, qx, qy, s["qx"], s["qy"], arrays["hx"],
                   arrays["hy"], s["f"], s["out"], speed, kinds, lev, float(dt),
-                  float(domain.dx), self.theta, self.implicit, self.froude, self.h_min,
-                  G)  # fmt: skip
+                  float(domain.dx), self.theta, self.implicit, self.froude, self.h_min, G,
+                  bands)  # fmt: skip
         return float(s["out"].sum())
 
     def speed(
@@ -277,30 +281,38 @@ def _from_bits(typingctx, x):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, inline="always")
-def _cbrt(x):
-    """∛x for 1e-37 < x < 1e37, to a few ulp: a single-precision guess that thirds the exponent
-    bits (FreeBSD's cbrtf constant, 3 % off) and two Halley steps in double precision (cubic
-    convergence: 2e-5, then round-off). Written so that the face loops vectorise (32-bit lanes:
-    AVX2 has no 64-bit integer division by a constant); libm's cube root was two thirds of the
-    face update. (Four division-free Newton steps for x^(-1/3) measured slower here.)"""
-    y = np.float64(_from_bits(_bits(np.float32(x)) // np.uint32(3) + np.uint32(709958130)))
+def _cbrt_ratio(x):
+    """∛x for 1e-37 < x < 1e37, to a few ulp, as a ratio ``(p, q)`` with ∛x = p / q: a
+    single-precision guess that thirds the exponent bits (FreeBSD's cbrtf constant, 3 % off),
+    a Halley step in single precision (2e-5 off), a Halley step in double precision (cubic
+    convergence: round-off) whose division is left to the caller, who folds it into its own.
+    Written so that the face loops vectorise (32-bit lanes: AVX2 has no 64-bit integer division
+    by a constant); libm's cube root was two thirds of the face update, and divisions are what
+    the face loop waits on."""
+    x32 = np.float32(x)
+    y = _from_bits(_bits(x32) // np.uint32(3) + np.uint32(709958130))
     y3 = y * y * y
-    y *= (y3 + 2.0 * x) / (2.0 * y3 + x)
+    y = np.float64(y * ((y3 + np.float32(2.0) * x32) / (np.float32(2.0) * y3 + x32)))
     y3 = y * y * y
-    return y * (y3 + 2.0 * x) / (2.0 * y3 + x)
+    return y * (y3 + 2.0 * x), 2.0 * y3 + x
 
 
 @numba.njit(cache=True, inline="always")
 def _inertial(q, q_minus, q_plus, d_eta, hf, nf, theta, implicit, froude, dt, dx, g):
     """One face's new discharge: the θ-weighted old discharge plus the pull of the water-level
-    difference ``d_eta`` (along the face's axis), less friction."""
+    difference ``d_eta`` (along the face's axis), less friction ``b |q'|`` with
+    ``b = g dt n² / h_f^(7/3)``. One division: ``b = (g dt n² c) / (h_f² p)`` with
+    ``∛h_f = p / c``, and the quotients put over a common denominator ``D = h_f² p``."""
     # (g dt / dx) and (g dt): loop invariants the compiler hoists (no division per face)
     num = theta * q + 0.5 * (1.0 - theta) * (q_minus + q_plus) - (g * dt / dx) * hf * d_eta
-    b = (g * dt) * nf * nf / (hf * hf * _cbrt(hf))  # h_f^(7/3) = h_f² ∛h_f
-    if implicit:  # q' (1 + b |q'|) = num, solved exactly (the root that keeps num's sign)
-        q = 2.0 * num / (1.0 + math.sqrt(1.0 + 4.0 * b * abs(num)))
+    p, c = _cbrt_ratio(hf)
+    d = hf * hf * p
+    k = (g * dt) * nf * nf * c  # b = k / d
+    if implicit:  # q' (1 + b |q'|) = num, solved exactly (the root that keeps num's sign):
+        # q' = 2 num / (1 + √(1 + 4 b |num|)) = 2 num d / (d + √(d (d + 4 k |num|)))
+        q = 2.0 * num * d / (d + math.sqrt(d * (d + 4.0 * k * abs(num))))
     else:  # de Almeida et al. (2012): friction with the old |q|
-        q = num / (1.0 + b * abs(q))
+        q = num * d / (d + k * abs(q))
     if froude > 0.0:  # at most that Froude number over the face
         cap = froude * hf * math.sqrt(g * hf)
         q = min(max(q, -cap), cap)
@@ -329,7 +341,7 @@ def _side_face(kind, level, he, ze, ne, q, q_in, out, h_min, theta, implicit, fr
 # a state that blows up must still show it
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"})
 def _step(h, zb, active, n, qx, qy, qx1, qy1, hx, hy, f, out, speed, kinds, levels,
-          dt, dx, theta, implicit, froude, h_min, g):  # fmt: skip
+          dt, dx, theta, implicit, froude, h_min, g, bands):  # fmt: skip
     """One step: new discharges into ``qx1``, ``qy1`` and the flow depths they ran at into
     ``hx``, ``hy``; each cell's outflow factor into ``f`` (``(ny + 2, nx + 2)``: cell ``(i, j)``
     at ``f[i + 1, j + 1]``, a frame of ones around them for the ghost cells beyond the sides,
@@ -337,21 +349,64 @@ def _step(h, zb, active, n, qx, qy, qx1, qy1, hx, hy, f, out, speed, kinds, leve
     depths and their speeds (as ``_speed``); ``out[i]`` the volume (m³) row ``i`` lost through
     the sides.
 
+    The grid is cut into ``bands`` bands of at least four rows, run in parallel. Each band
+    streams its rows through the three passes in one sweep: at row ``k`` the faces of row
+    ``k + 1``, the factors of row ``k``, the continuity of row ``k - 1``, so that what one pass
+    writes is still in cache when the next reads it, not three sweeps over the grid. A row's
+    faces read the old depths and discharges of the rows beside it, which the continuity of
+    those rows overwrites: the faces and factors of the three rows at each seam between bands
+    are computed first, apart, and the bands skip them. The result is the same for any number
+    of bands.
+
     The inner loops over a row are branch-free (a face's discharge is computed whether or not
     it flows, then selected), so that they vectorise."""
     ny = h.shape[0]
-    for i in numba.prange(ny):
-        if implicit and froude == 0.0:  # the default, spelled out: the compiler drops the rest
-            _face_row(i, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
-                      dt, dx, theta, True, 0.0, h_min, g)  # fmt: skip
-        else:
-            _face_row(i, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
-                      dt, dx, theta, implicit, froude, h_min, g)  # fmt: skip
-    for i in numba.prange(ny):
-        _factor_row(i, h, qx1, qy1, f, dt / dx)
-    for i in numba.prange(ny):
-        out[i] = _continuity_row(i, h, active, qx1, qy1, f, qx, qy, hx, hy, speed, h_min,
-                                 dt / dx) * dt * dx  # fmt: skip
+    for b in numba.prange(1, bands):  # the seams: faces of rows m - 1 .. m + 1, factors m - 1, m
+        m = _band_start(b, bands, ny)
+        for r in range(m - 1, m + 2):
+            _faces(r, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
+                   dt, dx, theta, implicit, froude, h_min, g)  # fmt: skip
+        for r in range(m - 1, m + 1):
+            _factor_row(r, h, qx1, qy1, f, dt / dx)
+    for b in numba.prange(bands):
+        a, e = _band_start(b, bands, ny), _band_start(b + 1, bands, ny)
+        first_face = a + 2 if b > 0 else a  # the rows the seams left to this band
+        first_factor = a + 1 if b > 0 else a
+        last = e - 2 if b < bands - 1 else e - 1  # of faces and factors
+        for k in range(a - 1, e + 1):
+            if first_face <= k + 1 <= last:
+                _faces(k + 1, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
+                       dt, dx, theta, implicit, froude, h_min, g)  # fmt: skip
+            if first_factor <= k <= last:
+                _factor_row(k, h, qx1, qy1, f, dt / dx)
+            if a <= k - 1:
+                out[k - 1] = _continuity_row(k - 1, h, active, qx1, qy1, f, qx, qy, hx, hy,
+                                             speed, h_min, dt / dx) * dt * dx  # fmt: skip
+
+
+def bands_for(rows: int, threads: int) -> int:
+    """How many bands ``_step`` cuts a grid of ``rows`` rows into for ``threads`` threads: two
+    per thread (for balance), none under four rows."""
+    return max(1, min(2 * threads, rows // 4))
+
+
+@numba.njit(cache=True, inline="always")
+def _band_start(b, bands, ny):
+    """The first row of band ``b`` of ``bands`` over ``ny`` rows (``ny`` for ``b == bands``)."""
+    return b * ny // bands
+
+
+@numba.njit(cache=True, inline="always")
+def _faces(i, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
+           dt, dx, theta, implicit, froude, h_min, g):  # fmt: skip
+    """``_face_row``, with the default (implicit friction, no Froude limit) spelled out: the
+    compiler drops the rest from that loop."""
+    if implicit and froude == 0.0:
+        _face_row(i, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
+                  dt, dx, theta, True, 0.0, h_min, g)  # fmt: skip
+    else:
+        _face_row(i, h, zb, active, n, qx, qy, qx1, qy1, hx, hy, kinds, levels,
+                  dt, dx, theta, implicit, froude, h_min, g)  # fmt: skip
 
 
 @numba.njit(cache=True, inline="always")
@@ -509,6 +564,9 @@ def _speed(h, qx, qy, hx, hy, h_min, out):
 def _cell_speed(qw, qe, qn, qs, dx_sum, dy_sum):
     """A cell's speed from the discharges through its four faces and, per axis, the sum of the
     flow depths they ran at (0 where neither face carried anything, and then neither did)."""
-    u = (qw + qe) / (dx_sum if dx_sum > 0.0 else 1.0)
-    v = (qn + qs) / (dy_sum if dy_sum > 0.0 else 1.0)
-    return math.sqrt(u * u + v * v)
+    # √(u² + v²) with u = a / sx and v = b / sy, over one division: √(a² sy² + b² sx²) / (sx sy)
+    sx = dx_sum if dx_sum > 0.0 else 1.0
+    sy = dy_sum if dy_sum > 0.0 else 1.0
+    a = (qw + qe) * sy
+    b = (qn + qs) * sx
+    return math.sqrt(a * a + b * b) / (sx * sy)
