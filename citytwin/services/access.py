@@ -64,12 +64,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl
 
 import jwt
 import shapely
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pygeofilter import ast
 from starlette.datastructures import Headers
 
@@ -224,9 +224,20 @@ def _rule(text: str) -> ast.Node:
 
 
 def principal(request: Request) -> Principal:
-    """The FastAPI dependency: the principal the authentication middleware put on the
-    request (anonymous when there is none)."""
+    """The principal the authentication middleware put on the request (anonymous when there
+    is none)."""
     return getattr(request.state, "principal", ANONYMOUS)
+
+
+async def who_asks(request: Request) -> Principal:
+    """``principal`` as a FastAPI dependency: async, so that FastAPI calls it on the event
+    loop; a plain function it hands to a worker thread, a second thread hop for every request
+    (measured: that hop cost the items endpoint about a tenth of its throughput)."""
+    return principal(request)
+
+
+Who = Annotated[Principal, Depends(who_asks)]
+"""An endpoint's parameter for who is asking."""
 
 
 def authenticate(request: Request, registry: Any = None) -> Principal:

@@ -271,12 +271,12 @@ def router(ctx: Any) -> Any:
     tiles service — searchable with ``q``, ``department``, ``sensitivity``, ``type``, ``bbox``,
     paged with ``limit``/``offset``), ``/catalogue/items/{rid}`` and ``/catalogue/usage``
     (requests and features served per service and department, from the audit log)."""
-    from citytwin.services.access import principal
+    from citytwin.services.access import who_asks
     from citytwin.services.api import ORJSONResponse
 
     records = RecordShelf(ctx)
     api = APIRouter(tags=["Catalogue"])
-    asker = Depends(principal)  # a default, not an annotation: evaluated here
+    asker = Depends(who_asks)  # a default, not an annotation: evaluated here
 
     @api.get("/catalogue", summary="The data catalogue")
     def landing(request: Request) -> Response:

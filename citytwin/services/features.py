@@ -33,13 +33,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 import orjson
 import shapely
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pygeofilter import ast
 from pyproj import CRS, Transformer
@@ -47,7 +47,7 @@ from pyproj.exceptions import CRSError, ProjError
 
 from citytwin.errors import InvalidInput, NotFound
 from citytwin.model import STATUSES, AttrType, layer
-from citytwin.services.access import Grant, Principal, narrow, principal
+from citytwin.services.access import Grant, Principal, Who, narrow
 from citytwin.services.catalogue import Collection
 from citytwin.store import sql_filter
 from citytwin.store.base import Filter, Rows
@@ -90,8 +90,6 @@ CONFORMANCE = (
 instants; T_MEETS, T_OVERLAPS ... need interval properties), arithmetic (pygeofilter's grammar
 lacks ``%``, ``div`` and ``^``), functions, array-functions."""
 
-Who = Annotated[Principal, Depends(principal)]
-"""The principal of a request (the dependency every data endpoint takes)."""
 _BASE_PROPERTIES = ("class", "status", "valid_from", "valid_to")
 """Feature properties every collection has besides its layer's attributes."""
 _SORTABLE_BASE = ("id", "class", "status", "valid_from")

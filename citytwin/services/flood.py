@@ -33,14 +33,14 @@ import re
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 
 from citytwin.app.flood import AFFECTED, RASTERS, SCENARIO_PREFIX, kept_scenario, kept_scenarios
 from citytwin.errors import InvalidInput, NotFound
 from citytwin.formats.raster import open_raster
-from citytwin.services.access import Principal, principal
+from citytwin.services.access import Who
 from citytwin.services.api import ORJSONResponse
 from citytwin.services.features import transformer
 from citytwin.services.processes import (
@@ -66,7 +66,6 @@ MIN_DEPTH = 0.05
 """Water shallower than this (m) is left transparent in the overlay."""
 GEOJSON = "application/geo+json"
 MAX_AGE = 300
-Who = Annotated[Principal, Depends(principal)]
 _SID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

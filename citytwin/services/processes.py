@@ -53,7 +53,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import shapely
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi import Query as Param
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -75,7 +75,7 @@ from citytwin.model import GRAVITY_NETWORKS
 from citytwin.networks.clearance import CLEARANCE_RULES_DOCUMENT
 from citytwin.networks.excavation import Dig
 from citytwin.networks.trace import Trace
-from citytwin.services.access import Grant, Principal, narrow, principal
+from citytwin.services.access import Grant, Principal, Who, narrow
 from citytwin.services.api import ORJSONResponse, _body
 from citytwin.services.jobs import STATUSES, Job, JobControl, JobDismissed, JobRunner, Work
 from citytwin.store.base import Store
@@ -99,7 +99,6 @@ CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 EXECUTE_REL = "http://www.opengis.net/def/rel/ogc/1.0/execute"
 MAX_VERTICES = 10_000
 """Most vertices an input geometry may have."""
-Who = Annotated[Principal, Depends(principal)]
 
 
 # -- problem details ------------------------------------------------------------------------

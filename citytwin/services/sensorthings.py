@@ -45,7 +45,7 @@ import orjson
 import pandas as pd
 import pyproj
 import shapely
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from citytwin.errors import InvalidInput, NotFound
@@ -60,7 +60,7 @@ from citytwin.sensing.entities import (
 )
 from citytwin.sensing.model import OM
 from citytwin.sensing.payloads import observation_ids
-from citytwin.services.access import Principal, principal
+from citytwin.services.access import Principal, Who
 from citytwin.services.api import ORJSONResponse
 from citytwin.services.odata import Expand, QueryOptions, Segment, parse_options, parse_path
 
@@ -74,9 +74,6 @@ DATA_ARRAY = "http://www.opengis.net/spec/iot_sensing/1.1/req/data-array/data-ar
 GEO_JSON = "application/geo+json"
 _ID_SAFE = ":@!$&*+,;=-._~'"
 _QUERY_SAFE = "$'(),;=:@/"
-
-
-Who = Annotated[Principal, Depends(principal)]
 
 
 def _option(name: str, description: str) -> Any:

@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pyproj import Transformer
 
 from citytwin.errors import InvalidInput, NotFound
 from citytwin.model import AttrType, layer
-from citytwin.services.access import Grant, Principal, narrow, principal
+from citytwin.services.access import Grant, Principal, Who, narrow
 from citytwin.services.catalogue import Collection
 from citytwin.store.base import TileLayer, VectorTile
 from citytwin.store.duckdb_tiles import HALF_WORLD, tile_bounds
@@ -747,7 +747,6 @@ X = Annotated[int, Path(description="tileCol: the column, from the west")]
 F = Annotated[
     str | None, Query(description="json (tileset metadata, default) or tilejson (TileJSON 3.0)")
 ]
-Who = Annotated[Principal, Depends(principal)]
 _TILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {MVT: {}}, "description": "the tile"},
     204: {"description": "no feature in the tile"},

@@ -30,13 +30,13 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import shapely
-from fastapi import Depends, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pyproj import CRS, Transformer
 
 from citytwin.errors import InvalidInput, NotFound
-from citytwin.services.access import Grant, Principal, narrow, principal
+from citytwin.services.access import Grant, Principal, Who, narrow
 from citytwin.services.features import transformer
 from citytwin.store.base import StreamQuery
 from citytwin.warning.rules import LEVELS
@@ -50,7 +50,6 @@ EARLIEST, LATEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC), dt.datetime(2200, 1, 
 """The times the console's endpoints take (``at``, ``start``, ``end``)."""
 
 
-Who = Annotated[Principal, Depends(principal)]
 Names = Annotated[str | None, Query(description="comma-separated")]
 
 
