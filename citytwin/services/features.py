@@ -475,20 +475,15 @@ class FeatureService:
             node, lambda g: transform_in(g, filter_crs, self.storage_crs)
         )
 
-    def read(self, coll: Collection, grant: Grant, page: _Page) -> tuple[Rows, int | None]:
-        """The features of a page and how many match in all (counted only when the page is
-        full: otherwise the page itself says)."""
+    def read(self, coll: Collection, grant: Grant, page: _Page) -> tuple[Rows, int]:
+        """The features of a page and how many match in all (``Store.query_page``)."""
         q = narrow(
             coll.query(
                 **page.conditions, limit=page.limit, offset=page.offset, columns=page.columns
             ),
             grant,
         )
-        rows = self.store.query_rows(q)
-        n = len(rows)
-        if 0 < n < page.limit or (n == 0 and page.offset == 0):
-            return rows, page.offset + n
-        return rows, self.store.count(q)
+        return self.store.query_page(q)
 
     def geojson_features(
         self, rows: Rows, columns: Sequence[str], out_crs: str, **extra: Any

@@ -415,6 +415,16 @@ class Store(ABC):
     def count(self, q: Query) -> int:
         """How many features match ``q`` (limit and offset ignored)."""
 
+    def query_page(self, q: Query) -> tuple[Rows, int]:
+        """A page of features (``q``'s limit and offset) as ``Rows``, and how many match ``q``
+        in all: counted only where the page cannot tell (a full page, or an empty one past the
+        first). Backends may answer both in one query."""
+        rows = self.query_rows(q)
+        n = len(rows)
+        if q.limit is None or 0 < n < q.limit or (n == 0 and q.offset == 0):
+            return rows, q.offset + n
+        return rows, self.count(q)
+
     @abstractmethod
     def extent(self, q: Query) -> Extent:
         """Count, bounding box and first/last ``valid_from`` of the features matching ``q``

@@ -217,6 +217,9 @@ ROW_GROUP_ROWS = 16_384
 row group covers a compact patch of the city and the zone maps of its bounding-box columns let
 a bbox query skip the others: the smaller the groups, the less a query scans (1 M buildings,
 a window of 100: the scan 3.3 -> 1.2 ms; a page of features 4.2 -> 2.9 ms)."""
+FEW_MATCHES = 500
+"""Up to this many expected matches, a page and its count are one query (``query_page``):
+measured on 1 M buildings, the one query is faster up to about 1,000 matches."""
 
 
 class DuckDBStore(AuditStoreMixin, EventStoreMixin, SensorThingsStoreMixin, TileStoreMixin, Store):
@@ -594,16 +597,7 @@ class DuckDBStore(AuditStoreMixin, EventStoreMixin, SensorThingsStoreMixin, Tile
             sql, p = _filter_sql(f)
             conds.append(sql)
             params += p
-        windows: list[tuple[float, float, float, float]] = []
-        if q.bbox is not None:
-            windows.append(tuple(map(float, q.bbox)))  # type: ignore[arg-type]
-        if q.intersects is not None:
-            windows.append(tuple(shapely.bounds(q.intersects)))  # type: ignore[arg-type]
-        if q.within is not None:
-            g, d = q.within
-            b = shapely.bounds(g)
-            windows.append((b[0] - d, b[1] - d, b[2] + d, b[3] + d))
-        for minx, miny, maxx, maxy in windows:
+        for minx, miny, maxx, maxy in _query_boxes(q):
             conds.append("minx <= ? AND maxx >= ? AND miny <= ? AND maxy >= ?")
             params += [maxx, minx, maxy, miny]
         if q.intersects is not None:
@@ -673,15 +667,55 @@ class DuckDBStore(AuditStoreMixin, EventStoreMixin, SensorThingsStoreMixin, Tile
             cursor = con.execute(sql, params)
             return Rows(tuple(d[0] for d in cursor.description), cursor.fetchall())
 
-    def _query_sql(self, q: Query) -> tuple[str, list[Any]]:
+    def _query_sql(self, q: Query, counted: bool = False) -> tuple[str, list[Any]]:
+        """The SQL of ``q``; ``counted``: with the number of matches (before the limit and
+        offset) as a last column."""
         where, params = self._where(q)
-        sql = f"SELECT {self._select(q.layer, q.columns)} FROM {q.layer} WHERE {where}"
+        count = ", count(*) OVER () AS matched" if counted else ""
+        sql = f"SELECT {self._select(q.layer, q.columns)}{count} FROM {q.layer} WHERE {where}"
         sql += _order_sql(q.order_by)
         if q.limit is not None:
             sql += f" LIMIT {int(q.limit)}"
         if q.offset:
             sql += f" OFFSET {int(q.offset)}"
         return sql, params
+
+    def query_page(self, q: Query) -> tuple[Rows, int]:
+        """As ``Store.query_page``; where few features can match (``_few_match``), the page
+        and the count in one query (``count(*) OVER ()``): one scan where the count would
+        scan the matches again (a bbox of about a hundred buildings among a million: 2.1 ms
+        against 2.7 ms for the page and its count). Where many match, the window would hold
+        every match before the page is cut from them (10,000 matches: 9.8 ms against 5.9 ms):
+        the page, and its count where needed, in two queries."""
+        if q.limit is None or not self._few_match(q):
+            return super().query_page(q)
+        sql, params = self._query_sql(q, counted=True)
+        with self._reading() as con, _filter_errors(q):
+            cursor = con.execute(sql, params)
+            names = tuple(d[0] for d in cursor.description[:-1])
+            values = cursor.fetchall()
+        if values:
+            return Rows(names, [row[:-1] for row in values]), values[0][-1]
+        return Rows(names, []), self.count(q) if q.offset else 0
+
+    def _few_match(self, q: Query) -> bool:
+        """Whether at most ``FEW_MATCHES`` features are expected to match ``q``: the layer's
+        rows spread evenly over the twin's extent, counted in the window the query's
+        spatial conditions (``bbox``, ``intersects``, ``within``, the filter's predicates on
+        the geometry) hold the features to; or its ids, or a small layer."""
+        expected = float(self._row_estimate(q.layer))
+        if q.ids is not None:
+            expected = min(expected, len(q.ids))
+        span = self.meta.extent
+        box = sql_filter.envelope(q.filter, "geometry")
+        for other in _query_boxes(q):
+            box = other if box is None else sql_filter.meet(box, other)
+        if box is not None and span is not None:
+            area = max((span[2] - span[0]) * (span[3] - span[1]), 1e-9)
+            w = min(box[2], span[2]) - max(box[0], span[0])
+            h = min(box[3], span[3]) - max(box[1], span[1])
+            expected = min(expected, expected * max(w, 0.0) * max(h, 0.0) / area)
+        return expected <= FEW_MATCHES
 
     def count(self, q: Query) -> int:
         where, params = self._where(q)
@@ -746,9 +780,11 @@ class DuckDBStore(AuditStoreMixin, EventStoreMixin, SensorThingsStoreMixin, Tile
     def _row_estimate(self, layer_name: str) -> int:
         """Rows in a layer's table, as DuckDB estimates them; cached until the next write."""
         if layer_name not in self._rows:
-            self._rows[layer_name] = self.con.execute(
-                "SELECT estimated_size FROM duckdb_tables() WHERE table_name = ?", [layer_name]
-            ).fetchone()[0]
+            with self._reading() as con:
+                self._rows[layer_name] = con.execute(
+                    "SELECT estimated_size FROM duckdb_tables() WHERE table_name = ?",
+                    [layer_name],
+                ).fetchone()[0]
         return self._rows[layer_name]
 
     def history(self, layer_name: str, fid: str) -> gpd.GeoDataFrame:
@@ -1533,6 +1569,20 @@ _FILTER_KIND = {
     AttrType.BOOL: "boolean",
     AttrType.DATE: "date",
 }
+
+
+def _query_boxes(q: Query) -> list[tuple[float, float, float, float]]:
+    """The boxes ``q``'s spatial conditions hold the features' bounding boxes to meet."""
+    boxes: list[tuple[float, float, float, float]] = []
+    if q.bbox is not None:
+        boxes.append(tuple(map(float, q.bbox)))  # type: ignore[arg-type]
+    if q.intersects is not None:
+        boxes.append(tuple(shapely.bounds(q.intersects)))  # type: ignore[arg-type]
+    if q.within is not None:
+        g, d = q.within
+        b = shapely.bounds(g)
+        boxes.append((b[0] - d, b[1] - d, b[2] + d, b[3] + d))
+    return boxes
 
 
 def _filter_columns(layer_name: str) -> tuple[dict[str, str], str, dict[str, str]]:

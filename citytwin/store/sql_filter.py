@@ -292,6 +292,55 @@ def map_geometries(node: Any, fn: Callable[[shapely.Geometry], shapely.Geometry]
     return node
 
 
+Box = tuple[float, float, float, float]
+
+
+def envelope(node: Any, geometry: str) -> Box | None:
+    """A box (minx, miny, maxx, maxy) that the bounding box of every feature matching ``node``
+    meets: the bounds of the geometries its spatial predicates hold the property ``geometry``
+    to (a distance predicate's grown by its distance), met over AND, joined over OR; None where
+    the filter does not bound where the features lie. For estimates: a literal that is not a
+    geometry bounds nothing here (translating the filter reports it)."""
+    try:
+        return _envelope(node, geometry)
+    except (InvalidInput, RecursionError, TypeError, ValueError):
+        return None
+
+
+def _envelope(node: Any, geometry: str) -> Box | None:
+    if isinstance(node, ast.And | ast.Or):
+        a, b = _envelope(node.lhs, geometry), _envelope(node.rhs, geometry)
+        if isinstance(node, ast.And):
+            return a if b is None else b if a is None else meet(a, b)
+        return None if a is None or b is None else _join(a, b)
+    grow, lhs, rhs = 0.0, None, None
+    if isinstance(node, ast.SpatialComparisonPredicate) and not isinstance(
+        node, ast.GeometryDisjoint
+    ):
+        lhs, rhs = node.lhs, node.rhs
+    elif isinstance(node, ast.DistanceWithin) and str(node.units or "m").lower() in _METRES:
+        lhs, rhs, grow = node.lhs, node.rhs, float(node.distance)
+    elif isinstance(node, ast.BBox):
+        lhs, rhs = node.lhs, _box([node.minx, node.miny, node.maxx, node.maxy])
+    if is_geometry_literal(lhs):
+        lhs, rhs = rhs, lhs
+    if not (isinstance(lhs, ast.Attribute) and str(lhs.name) == geometry):
+        return None
+    if not is_geometry_literal(rhs) or not math.isfinite(grow):
+        return None
+    x0, y0, x1, y1 = (float(v) for v in shapely.bounds(geometry_of(rhs)))
+    return x0 - grow, y0 - grow, x1 + grow, y1 + grow
+
+
+def meet(a: Box, b: Box) -> Box:
+    """The box common to two boxes (empty where ``minx > maxx`` or ``miny > maxy``)."""
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+
+
+def _join(a: Box, b: Box) -> Box:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
 # -- translation ------------------------------------------------------------------------------
 def to_sql(
     node: ast.Node,

@@ -22,7 +22,7 @@ import uvicorn
 from pyproj import Transformer
 
 from citytwin.model import validate_frame
-from citytwin.services.access import Principal, principal
+from citytwin.services.access import Principal, who_asks
 from citytwin.services.api import create_app
 from citytwin.services.features import CONFORMANCE, CRS84, EPSG_URI
 from citytwin.store import Filter, Query
@@ -34,7 +34,7 @@ WINDOW = (431400.0, 2552400.0, 432000.0, 2553100.0)
 
 def as_principal(api, **who) -> None:
     """Requests of ``api`` come from this principal (as the credentials middleware would set)."""
-    api.app.dependency_overrides[principal] = lambda: Principal(**who)
+    api.app.dependency_overrides[who_asks] = lambda: Principal(**who)
 
 
 def items(api, cid: str, **params) -> dict:

@@ -17,7 +17,7 @@ import shapely
 
 from citytwin.model import NETWORK_TYPES
 from citytwin.sensing.entities import ENTITY_SETS
-from citytwin.services.access import Principal, principal
+from citytwin.services.access import Principal, who_asks
 from citytwin.store.base import Query, StreamQuery
 from tests.conftest import LIVE_START
 
@@ -44,7 +44,7 @@ def all_pages(api, path: str, **params) -> tuple[list[dict], int]:
 
 @pytest.fixture
 def as_admin(api):
-    api.app.dependency_overrides[principal] = lambda: ADMIN
+    api.app.dependency_overrides[who_asks] = lambda: ADMIN
     yield api
     api.app.dependency_overrides.clear()
 
@@ -440,7 +440,7 @@ def _readable(service_ctx, who: Principal) -> set[str | None]:
 )  # fmt: skip
 def test_access_by_network_filters_inside_the_query(api, service_ctx, who):
     store = service_ctx.store
-    api.app.dependency_overrides[principal] = lambda: who
+    api.app.dependency_overrides[who_asks] = lambda: who
     readable = _readable(service_ctx, who)
     assert readable != set(NETWORK_TYPES) | {None}  # something is hidden from each of them
     ds = store.datastreams()
@@ -474,7 +474,7 @@ def test_the_frost_python_client_reads_through_a_real_server(service_ctx):
     from citytwin.services.api import create_app
 
     app = create_app(service_ctx)
-    app.dependency_overrides[principal] = lambda: ADMIN
+    app.dependency_overrides[who_asks] = lambda: ADMIN
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

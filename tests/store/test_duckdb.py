@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from pygeofilter import ast
 
 from citytwin.errors import InvalidInput
 from citytwin.model import TwinMeta, validate_frame
@@ -121,6 +123,57 @@ def test_rows_match_the_frame_and_the_generic_rows(store):
     generic = Store.query_rows(store, q)
     assert generic.names == rows.names
     assert sorted(generic.values) == sorted(rows.values)
+
+
+@pytest.mark.parametrize("few", [True, False], ids=["page and count in one query", "apart"])
+def test_a_page_and_its_count_walk_the_matches_once_in_order(store, few, monkeypatch):
+    """``query_page`` (the items pages): each page what ``query_rows`` gives for that limit and
+    offset, the count every match (also on pages that are full, or empty past the end),
+    whether the backend asks for both in one query (few expected matches) or apart."""
+    import citytwin.store.duckdb as backend
+
+    monkeypatch.setattr(backend, "FEW_MATCHES", 10**9 if few else 0)
+    truth = buildings(3000)
+    box = shapely.box(300, 300, 1300, 1100)
+    cases = [
+        Query("buildings", filter=ast.GeometryIntersects(ast.Attribute("geometry"), box)),
+        Query("buildings", bbox=(300, 300, 1300, 1100), where=[Filter("use", "=", "office")]),
+        Query("buildings", order_by="-height"),
+    ]
+    for q in cases:
+        everything = store.query_rows(q).values
+        assert 100 < len(everything) <= 3000
+        for limit in (7, 100, 1000):
+            seen = []
+            for offset in range(0, len(everything) + limit, limit):
+                rows, matched = store.query_page(replace(q, limit=limit, offset=offset))
+                assert matched == len(everything), (q, limit, offset)
+                assert rows.values == everything[offset : offset + limit]
+                seen += rows.values
+            assert seen == everything
+    inside = truth[truth.intersects(box)]
+    rows, matched = store.query_page(replace(cases[0], limit=5))
+    assert matched == len(inside) and set(rows.column("id")) <= set(inside["id"])
+    nothing = Query("buildings", bbox=(5000, 5000, 5100, 5100), limit=10)
+    assert store.query_page(nothing)[1] == 0 and store.query_page(nothing)[0].values == []
+    rows, matched = store.query_page(Query("buildings", bbox=(300, 300, 1300, 1100)))
+    assert matched == len(rows) == len(inside)  # no limit: the rows are the matches
+
+
+def test_few_matches_are_judged_by_the_spatial_conditions(store):
+    """Whether a page and its count go in one query: the layer's 3,000 rows spread over the
+    twin's extent (2,100 m square), in the window the conditions hold the features to."""
+    near = ast.GeometryIntersects(ast.Attribute("geometry"), shapely.box(0, 0, 500, 500))
+    far = ast.GeometryIntersects(ast.Attribute("geometry"), shapely.box(0, 0, 1500, 1500))
+    assert store._few_match(Query("buildings", filter=near))  # about 170
+    assert not store._few_match(Query("buildings", filter=far))  # about 1,530
+    assert not store._few_match(Query("buildings"))
+    assert store._few_match(Query("buildings", bbox=(0, 0, 500, 500)))
+    assert store._few_match(Query("buildings", bbox=(0, 0, 1500, 1500), filter=near))
+    assert not store._few_match(
+        Query("buildings", filter=ast.Or(near, ast.GreaterThan(ast.Attribute("height"), 3)))
+    )
+    assert store._few_match(Query("buildings", ids=[f"b{i}" for i in range(400)]))
 
 
 def test_update_keeps_history_and_as_of_returns_past_state(store):

@@ -18,7 +18,7 @@ from pygeofilter.parsers.ecql import parse as parse_ecql
 from citytwin.errors import InvalidInput
 from citytwin.model import validate_frame
 from citytwin.store import Query
-from citytwin.store.sql_filter import excluding, parse, properties, to_sql
+from citytwin.store.sql_filter import envelope, excluding, parse, properties, to_sql
 
 T0 = dt.datetime(2020, 1, 1)
 N = 400
@@ -214,6 +214,31 @@ def test_excluding_keeps_rows_where_the_rule_is_null(store):
     rule = parse("use IN ('office', 'school')")
     assert ids(store, excluding(rule)) == expect(~d.use.isin(["office", "school"]))
     assert ids(store, ast.Not(rule)) == expect(d.use.notna() & ~d.use.isin(["office", "school"]))
+
+
+@pytest.mark.parametrize(
+    ("text", "box"),
+    [
+        ("S_INTERSECTS(geometry, BBOX(0, 10, 20, 30))", (0, 10, 20, 30)),
+        ("S_WITHIN(POLYGON((0 0, 4 0, 4 4, 0 4, 0 0)), geometry)", (0, 0, 4, 4)),
+        ("ecql:BBOX(geometry, 0, 10, 20, 30) AND height > 3", (0, 10, 20, 30)),
+        ("ecql:DWITHIN(geometry, POINT(5 5), 2, meters)", (3, 3, 7, 7)),
+        ("S_INTERSECTS(geometry, BBOX(0, 0, 10, 10)) AND S_WITHIN(geometry, BBOX(5, 5, 20, 20))",
+         (5, 5, 10, 10)),
+        ("S_INTERSECTS(geometry, BBOX(0, 0, 1, 1)) OR S_TOUCHES(geometry, BBOX(5, 5, 6, 6))",
+         (0, 0, 6, 6)),
+        ("S_INTERSECTS(geometry, BBOX(0, 0, 1, 1)) OR height > 3", None),  # or anywhere
+        ("NOT S_INTERSECTS(geometry, BBOX(0, 0, 1, 1))", None),
+        ("S_DISJOINT(geometry, BBOX(0, 0, 1, 1))", None),
+        ("S_INTERSECTS(other, BBOX(0, 0, 1, 1))", None),  # not the features' geometry
+        ("height > 3", None),
+    ],
+)  # fmt: skip
+def test_envelope_bounds_where_matching_features_lie(text, box):
+    # ``envelope`` sizes the estimate of how many features a query matches: a box every match's
+    # bounding box meets, or None where the filter does not bound them.
+    node = parse_ecql(text[5:]) if text.startswith("ecql:") else parse(text)
+    assert envelope(node, "geometry") == box
 
 
 def test_pruning_uses_bbox_columns_and_keeps_parameters_in_order():
