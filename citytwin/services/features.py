@@ -855,10 +855,8 @@ def router(ctx: Any) -> APIRouter:
         links = _item_links(request, page, len(rows), matched)
         if as_html:
             return _items_html(coll, features, page, matched, links)
-        body: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-        if matched is not None:
-            body["numberMatched"] = matched
-        body.update(numberReturned=len(features), timeStamp=_now(), links=links)
+        body = {"type": "FeatureCollection", "features": features, "numberMatched": matched,
+                "numberReturned": len(features), "timeStamp": _now(), "links": links}  # fmt: skip
         return _json(body, GEOJSON, **{"Content-Crs": f"<{page.out_crs}>"})
 
     @r.get(
@@ -967,14 +965,14 @@ def _bounded_int(text: str | None, name: str, default: int, low: int, high: int 
 
 
 def _item_links(
-    request: Request, page: _Page, returned: int, matched: int | None
+    request: Request, page: _Page, returned: int, matched: int
 ) -> list[dict[str, str]]:
     url = str(request.url)
     links = [
         _link(url, "self", GEOJSON, "this page"),
         _link(_with_params(url, f="html"), "alternate", "text/html", "as HTML"),
     ]
-    more = returned == page.limit and (matched is None or page.offset + returned < matched)
+    more = returned == page.limit and page.offset + returned < matched
     if more:
         nxt = _with_params(url, offset=page.offset + page.limit, limit=page.limit)
         links.append(_link(nxt, "next", GEOJSON, "next page"))
@@ -997,7 +995,7 @@ def _items_html(
     coll: Collection,
     features: list[dict[str, Any]],
     page: _Page,
-    matched: int | None,
+    matched: int,
     links: list[dict[str, str]],
 ) -> Response:
     names = page.columns
@@ -1010,7 +1008,7 @@ def _items_html(
     ]
     nav = [lk for lk in links if lk["rel"] in ("prev", "next")]
     summary = (
-        f"<p>{len(features)} of {matched if matched is not None else 'many'} features"
+        f"<p>{len(features)} of {matched} features"
         f" (from {page.offset + 1 if features else page.offset}).</p>"
     )
     return _html_page(
