@@ -313,43 +313,60 @@ def simulate(
 
 # reordered sums (the held depth) and fused multiply-adds; not "no NaNs": the extremes of
 # inactive cells are NaN and first_wet is NaN until a cell first floods
-@numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"})
+_TRACK_MATH = {"contract", "arcp", "nsz", "reassoc"}
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_TRACK_MATH)
 def _track(h, speed, active, t, dt, threshold, debris,
            max_depth, max_speed, max_hazard, first_wet, wet_duration):  # fmt: skip
     """Update the extremes with the state at the end of a step of ``dt`` ending at ``t``; the
     deepest water on the grid now (for the next step's length) and the depth summed over the
     active cells (the volume held over the cell area).
 
-    Branch-free: every cell's extremes are written back, changed or not. While water rises
-    and spreads, whether a cell's depth or speed beats its maximum changes from cell to cell,
-    and the branches mispredicted (measured at 1 M cells in a storm: 3.5 ms a pass with
-    branches, about 2.6 ms without, the results the same)."""
-    ny, nx = h.shape
+    Branch-free, and a row in two loops, one per row function (the row stays in cache between
+    them): every cell's extremes are written back, changed or not, as whether a depth or
+    speed beats its maximum changes from cell to cell while water rises and spreads (measured
+    at 1 M cells in a storm: 3.5 ms a pass with branches, about 2.6 ms without); in one loop
+    writing five arrays the compiler vectorised little (2.26 ms a pass, 1.55 ms in two)."""
+    ny = h.shape[0]
     tops = np.zeros(ny)
     sums = np.zeros(ny)
     for i in numba.prange(ny):
-        top = 0.0
-        held = 0.0
-        for j in range(nx):
-            a = active[i, j]
-            d = h[i, j] if a else 0.0
-            held += d
-            top = max(top, d)
-            was = max_depth[i, j]
-            max_depth[i, j] = d if a and d > was else was
-            wet = a and d > threshold
-            v = speed[i, j]
-            was = max_speed[i, j]
-            max_speed[i, j] = v if wet and v > was else was
-            hazard = d * (v + 0.5) + debris
-            was = max_hazard[i, j]
-            max_hazard[i, j] = hazard if wet and hazard > was else was
-            was = first_wet[i, j]
-            first_wet[i, j] = t if wet and math.isnan(was) else was
-            wet_duration[i, j] += dt if wet else 0.0
-        tops[i] = top
-        sums[i] = held
+        tops[i], sums[i] = _track_depth_row(h[i], active[i], max_depth[i])
+        _track_flow_row(h[i], speed[i], active[i], t, dt, threshold, debris, max_speed[i],
+                        max_hazard[i], first_wet[i], wet_duration[i])  # fmt: skip
     return tops.max(), sums.sum()
+
+
+@numba.njit(cache=True, inline="always", fastmath=_TRACK_MATH)
+def _track_depth_row(h, active, max_depth):
+    """A row's deepest water: its maximum updated; the deepest and the summed depth now."""
+    top = 0.0
+    held = 0.0
+    for j in range(h.shape[0]):
+        d = h[j] if active[j] else 0.0
+        held += d
+        top = max(top, d)
+        max_depth[j] = max(max_depth[j], d)  # NaN (inactive) stays NaN
+    return top, held
+
+
+@numba.njit(cache=True, inline="always", fastmath=_TRACK_MATH)
+def _track_flow_row(h, speed, active, t, dt, threshold, debris,
+                    max_speed, max_hazard, first_wet, wet_duration):  # fmt: skip
+    """A row's extremes of the cells wet now: speed, hazard, first time wet, time wet."""
+    for j in range(h.shape[0]):
+        d = h[j]
+        wet = active[j] & (d > threshold)
+        v = speed[j]
+        was = max_speed[j]
+        max_speed[j] = v if wet & (v > was) else was
+        hazard = d * (v + 0.5) + debris
+        was = max_hazard[j]
+        max_hazard[j] = hazard if wet & (hazard > was) else was
+        was = first_wet[j]
+        first_wet[j] = t if wet & math.isnan(was) else was
+        wet_duration[j] += dt if wet else 0.0
 
 
 @numba.njit(parallel=True, cache=True)

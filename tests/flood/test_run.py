@@ -120,3 +120,41 @@ def test_steps_between_stops_are_evenly_sized():
     # stable steps of about 0.43 s: a second in three steps, half a second in two; a fixed
     # step up to each stop left pieces of 0.07-0.16 s
     assert dt.max() < 0.43 and dt.min() > 0.2
+
+
+@pytest.mark.parametrize("solver", ["swe", "inertial"])
+def test_the_extremes_follow_the_water_step_by_step(solver):
+    """A storm on a slope that drains to an open side, then dries out: the extremes against the
+    water of every step (a snapshot a step: steps of 1 s, shorter than the stable step)."""
+    z = np.add.outer(np.linspace(0.6, 0.0, 16), np.linspace(0.0, 0.1, 12))
+    blocked = np.zeros(z.shape, bool)
+    blocked[6:9, 4:7] = True  # a building: no extremes there
+    domain = Domain(z, 2.0, manning=0.03, blocked=blocked,
+                    boundaries={"south": Boundary("open")})  # fmt: skip
+    rain = Rainfall.uniform([0.0, 120.0], [150.0, 0.0])  # 150 mm/h for 2 min
+    res = simulate(domain, 600.0, solver=solver, rain=rain, max_step=1.0, snapshot_every=1.0)
+    assert res.steps == len(res.snapshots) == 600
+    t = np.array([s[0] for s in res.snapshots])
+    depths = np.stack([s[1] for s in res.snapshots])
+    wet = depths > res.threshold
+    active = domain.active
+    # the deepest of every step (the water left since: the maximum is not the last depth)
+    assert np.array_equal(res.max_depth[active], depths.max(axis=0)[active])
+    assert (res.max_depth[active] > res.state.h[active] + 0.005).any()
+    # the end of the first step each cell was wet at, and how long it stayed wet
+    first = np.where(wet.any(axis=0), t[np.argmax(wet, axis=0)], np.nan)
+    assert np.array_equal(res.first_wet[active], first[active], equal_nan=True)
+    assert np.isnan(res.first_wet[active]).any() and np.isfinite(res.first_wet).any()
+    assert np.allclose(res.wet_duration[active], wet.sum(axis=0)[active] * 1.0)
+    # hazard d·(v + 0.5) + 0.5 of a wet step: at least that of its deepest water at rest, at
+    # most that of its deepest water at its fastest; 0 where never wet
+    ever = active & wet.any(axis=0)
+    low = res.max_depth * 0.5 + 0.5
+    high = res.max_depth * (res.max_speed + 0.5) + 0.5
+    assert (res.max_hazard[ever] >= low[ever] - 1e-12).all()
+    assert (res.max_hazard[ever] <= high[ever] + 1e-12).all()
+    assert (res.max_speed[ever] > 0).all()
+    dry = active & ~ever
+    assert (res.max_hazard[dry] == 0).all() and (res.max_speed[dry] == 0).all()
+    for extreme in (res.max_depth, res.max_speed, res.max_hazard, res.first_wet, res.wet_duration):
+        assert np.isnan(extreme[~active]).all()
