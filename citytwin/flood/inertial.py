@@ -162,10 +162,13 @@ class LocalInertia:
         dt: float,
         levels: np.ndarray,
         speed: np.ndarray | None = None,
+        rain: float = 0.0,
     ) -> float:
         """Update the face discharges, then the depths, in place; the net volume (m³) out
         through the grid's sides; the speed at the end into ``speed`` where given (computed
-        with the depths either way: the pass has the discharges at hand)."""
+        with the depths either way: the pass has the discharges at hand). The ``rain`` (a
+        depth on every active cell) is a source of the continuity, as in LISFLOOD-FP: the
+        faces move the water the step started with."""
         self._check(domain, h, arrays)
         ny, nx = domain.shape
         qx, qy = arrays["qx"], arrays["qy"]
@@ -185,7 +188,7 @@ class LocalInertia:
             _step(h, domain.zb, domain.active, n, qx, qy, s["qx"], s["qy"], arrays["hx"],
                   arrays["hy"], s["f"], s["out"], speed, kinds, lev, float(dt),
                   float(domain.dx), self.theta, self.implicit, self.froude, self.h_min, G,
-                  bands)  # fmt: skip
+                  bands, float(rain))  # fmt: skip
         return float(s["out"].sum())
 
     def speed(
@@ -341,13 +344,13 @@ def _side_face(kind, level, he, ze, ne, q, q_in, out, h_min, theta, implicit, fr
 # a state that blows up must still show it
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "arcp", "nsz", "reassoc"})
 def _step(h, zb, active, n, qx, qy, qx1, qy1, hx, hy, f, out, speed, kinds, levels,
-          dt, dx, theta, implicit, froude, h_min, g, bands):  # fmt: skip
+          dt, dx, theta, implicit, froude, h_min, g, bands, rain):  # fmt: skip
     """One step: new discharges into ``qx1``, ``qy1`` and the flow depths they ran at into
     ``hx``, ``hy``; each cell's outflow factor into ``f`` (``(ny + 2, nx + 2)``: cell ``(i, j)``
     at ``f[i + 1, j + 1]``, a frame of ones around them for the ghost cells beyond the sides,
     whose inflow is not limited); the limited discharges back into ``qx``, ``qy``, the new
-    depths and their speeds (as ``_speed``); ``out[i]`` the volume (m³) row ``i`` lost through
-    the sides.
+    depths (with the step's ``rain`` on the active cells) and their speeds (as ``_speed``);
+    ``out[i]`` the volume (m³) row ``i`` lost through the sides.
 
     The grid is cut into ``bands`` bands of at least four rows, run in parallel. Each band
     streams its rows through the three passes in one sweep: at row ``k`` the faces of row
@@ -381,7 +384,7 @@ def _step(h, zb, active, n, qx, qy, qx1, qy1, hx, hy, f, out, speed, kinds, leve
                 _factor_row(k, h, qx1, qy1, f, dt / dx)
             if a <= k - 1:
                 out[k - 1] = _continuity_row(k - 1, h, active, qx1, qy1, f, qx, qy, hx, hy,
-                                             speed, h_min, dt / dx) * dt * dx  # fmt: skip
+                                             speed, h_min, dt / dx, rain) * dt * dx  # fmt: skip
 
 
 def bands_for(rows: int, threads: int) -> int:
@@ -500,12 +503,12 @@ def _limited(q, f_from_west_or_north, f_from_east_or_south):
 
 
 @numba.njit(cache=True, inline="always")
-def _continuity_row(i, h, active, qx1, qy1, f, qx, qy, hx, hy, speed, h_min, c):
+def _continuity_row(i, h, active, qx1, qy1, f, qx, qy, hx, hy, speed, h_min, c, rain):
     """Limit the new discharges of row ``i``'s faces by their upstream cell's factor, store
-    them in ``qx``, ``qy``, move the water (``c = dt/dx``) and give each cell its new speed (as
-    ``_speed``); the net unit discharge out through the sides (m²/s, summed over the row's side
-    faces). A face's limited discharge is computed by both rows it lies between (no row writes
-    what another reads)."""
+    them in ``qx``, ``qy``, move the water (``c = dt/dx``), add the ``rain`` and give each cell
+    its new speed (as ``_speed``); the net unit discharge out through the sides (m²/s, summed
+    over the row's side faces). A face's limited discharge is computed by both rows it lies
+    between (no row writes what another reads)."""
     ny, nx = h.shape
     # framed factors: this row's cells (r), the rows north (u) and south (s) of it
     r, u, s = i + 1, i, i + 2
@@ -515,7 +518,7 @@ def _continuity_row(i, h, active, qx1, qy1, f, qx, qy, hx, hy, speed, h_min, c):
         qe = _limited(qx1[i, j + 1], f[r, j + 1], f[r, j + 2])
         qn = _limited(qy1[i, j], f[u, j + 1], f[r, j + 1])
         qs = _limited(qy1[i + 1, j], f[r, j + 1], f[s, j + 1])
-        d = h[i, j] + c * (qw - qe + qn - qs)
+        d = h[i, j] + c * (qw - qe + qn - qs) + rain
         d = max(d, 0.0) if active[i, j] else h[i, j]
         h[i, j] = d
         speed[i, j] = _cell_speed(qw, qe, qn, qs, hx[i, j] + hx[i, j + 1],

@@ -60,11 +60,14 @@ class Solver(Protocol):
         dt: float,
         levels: np.ndarray,
         speed: np.ndarray | None = None,
+        rain: float = 0.0,
     ) -> float:
         """Move the water by ``dt`` seconds, in place (``levels``: the held level per side,
         north, south, west, east, NaN where none); the net volume (m³) that left the grid
         through its sides (negative when more came in). ``speed``, where given, receives the
-        flow speed at the end of the step (as ``speed()`` gives it)."""
+        flow speed at the end of the step (as ``speed()`` gives it). ``rain``: the depth (m)
+        of uniform rain that falls on every active cell during the step, which the solver adds
+        where its scheme has it (a source of the continuity, or before the step)."""
         ...
 
     def speed(
@@ -260,7 +263,9 @@ def simulate(
             for f, (rows, cols) in zip(inflows, inflow_cells, strict=True):
                 np.add.at(probe, (rows, cols), f.q.mean(t, t + dt) * dt / len(rows) / area)
             dt = min(dt, solver.max_dt(domain, probe, arrays, None))
-        # sources and sinks (the water the solver is then given to move)
+        # sources and sinks (the water the solver is then given to move); uniform rain goes
+        # to the solver, which adds it in its own pass over the grid
+        uniform = 0.0
         if rain is not None:
             r = rain.rate(t, t + dt) * dt
             if np.ndim(r):
@@ -268,8 +273,8 @@ def simulate(
                 h += r
                 totals["rain"] += float(r.sum()) * area
             elif r:
-                _add_depth(h, active, r)
-                totals["rain"] += r * n_active * area
+                uniform = float(r)
+                totals["rain"] += uniform * n_active * area
         for f, (rows, cols) in zip(inflows, inflow_cells, strict=True):
             vol = f.q.mean(t, t + dt) * dt
             np.add.at(h, (rows, cols), vol / len(rows) / area)
@@ -282,7 +287,8 @@ def simulate(
             totals["exchange"] += float(dh.sum()) * area
         if loss_params is not None:
             totals["losses"] += _infiltrate(h, state.infiltrated, active, *loss_params, dt) * area
-        totals["outflow"] += solver.step(domain, h, arrays, dt, domain.levels(t + dt), speed)
+        totals["outflow"] += solver.step(domain, h, arrays, dt, domain.levels(t + dt), speed,
+                                         uniform)  # fmt: skip
         t += dt
         steps += 1
         if serial:
@@ -370,7 +376,7 @@ def _track_flow_row(h, speed, active, t, dt, threshold, debris,
 
 
 @numba.njit(parallel=True, cache=True)
-def _add_depth(h, active, depth):
+def add_depth(h, active, depth):
     """Add ``depth`` to the water of every active cell (uniform rain), on all threads."""
     ny, nx = h.shape
     for i in numba.prange(ny):

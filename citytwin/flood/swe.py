@@ -52,6 +52,7 @@ import numpy as np
 from numba import prange
 
 from citytwin.flood.domain import SIDES, Domain, G
+from citytwin.flood.run import add_depth
 
 _CLOSED, _OPEN, _LEVEL, _WALL = 0, 1, 2, 3
 _COURANT_MAX = 0.5
@@ -680,9 +681,12 @@ class ShallowWater:
         dt: float,
         levels: np.ndarray,
         speed: np.ndarray | None = None,
+        rain: float = 0.0,
     ) -> float:
         """Advance ``h``, ``hu``, ``hv`` by ``dt`` seconds in place; the net volume (m³) that
-        left through the grid's sides; the speed at the end into ``speed`` where given.
+        left through the grid's sides; the speed at the end into ``speed`` where given. The
+        ``rain`` (a depth on every active cell) is added first, as the run loop adds the other
+        sources.
 
         The run loop picks ``dt`` from ``max_dt`` before it adds the sources (rain, inflows),
         so the water it is given may be faster: where ``dt`` would exceed a Courant number of
@@ -697,6 +701,8 @@ class ShallowWater:
         if not dt > 0.0:
             raise ValueError(f"the time step must be > 0 s, not {dt}")
         with _threads_for(domain):
+            if rain:
+                add_depth(h, domain.active, rain)
             out = self._step(domain, h, hu, hv, dt, kinds, levels)
         if speed is not None:
             self.speed(domain, h, arrays, out=speed)

@@ -255,7 +255,11 @@ class MonitoringService:
                 )
 
         app = self.http_app(started, request_threads)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        # no access log: the audit records every request (uvicorn would format each line only
+        # to drop it below its warning level)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        )
         handle_exit = server.handle_exit
 
         def close_streams_then_exit(sig: int, frame: Any) -> None:
