@@ -167,8 +167,8 @@ class LocalInertia:
         """Update the face discharges, then the depths, in place; the net volume (m³) out
         through the grid's sides; the speed at the end into ``speed`` where given (computed
         with the depths either way: the pass has the discharges at hand). The ``rain`` (a
-        depth on every active cell) is a source of the continuity, as in LISFLOOD-FP: the
-        faces move the water the step started with."""
+        depth on every active cell) is a source of the continuity, added with each cell's
+        net inflow: the faces move the water the step started with."""
         self._check(domain, h, arrays)
         ny, nx = domain.shape
         qx, qy = arrays["qx"], arrays["qy"]

@@ -4,9 +4,10 @@ every step, the flood's extremes, snapshots and hot starts. Pure: arrays in, res
 A solver (``inertial`` — local inertia, fast, for pluvial flooding; ``swe`` — a well-balanced
 finite-volume shallow-water solver with wetting and drying, for dam breaks and supercritical
 flow) only moves water between cells and across the grid's sides; everything that adds or
-removes water (rain, inflows, the drains, infiltration) happens here, between its steps
+removes water (rain, inflows, the drains, infiltration) is decided here, between its steps
 (operator splitting), so each solver conserves what it is given and the balance is checked
-the same way for both.
+the same way for both. Uniform rain alone is handed to the solver with its step, which adds
+it in a pass it makes anyway (local inertia: in its continuity) rather than in one more.
 """
 
 from __future__ import annotations
@@ -373,15 +374,6 @@ def _track_flow_row(h, speed, active, t, dt, threshold, debris,
         was = first_wet[j]
         first_wet[j] = t if wet & math.isnan(was) else was
         wet_duration[j] += dt if wet else 0.0
-
-
-@numba.njit(parallel=True, cache=True)
-def add_depth(h, active, depth):
-    """Add ``depth`` to the water of every active cell (uniform rain), on all threads."""
-    ny, nx = h.shape
-    for i in numba.prange(ny):
-        for j in range(nx):
-            h[i, j] += depth if active[i, j] else 0.0
 
 
 def _loss_arrays(domain: Domain) -> tuple[np.ndarray, np.ndarray, bool] | None:

@@ -52,7 +52,6 @@ import numpy as np
 from numba import prange
 
 from citytwin.flood.domain import SIDES, Domain, G
-from citytwin.flood.run import add_depth
 
 _CLOSED, _OPEN, _LEVEL, _WALL = 0, 1, 2, 3
 _COURANT_MAX = 0.5
@@ -77,6 +76,15 @@ def _threads_for(domain: Domain) -> Iterator[None]:
 
 
 # -- point functions ------------------------------------------------------------------------------
+@numba.njit(parallel=True, cache=True)
+def _add_depth(h, active, depth):
+    """Add ``depth`` to the water of every active cell (uniform rain), on all threads."""
+    ny, nx = h.shape
+    for i in numba.prange(ny):
+        for j in range(nx):
+            h[i, j] += depth if active[i, j] else 0.0
+
+
 @numba.njit(cache=True)
 def _minmod(a: float, b: float) -> float:
     """The smaller in magnitude of ``a`` and ``b`` when they have the same sign, else 0
@@ -702,7 +710,7 @@ class ShallowWater:
             raise ValueError(f"the time step must be > 0 s, not {dt}")
         with _threads_for(domain):
             if rain:
-                add_depth(h, domain.active, rain)
+                _add_depth(h, domain.active, rain)
             out = self._step(domain, h, hu, hv, dt, kinds, levels)
         if speed is not None:
             self.speed(domain, h, arrays, out=speed)
