@@ -76,15 +76,6 @@ def _threads_for(domain: Domain) -> Iterator[None]:
 
 
 # -- point functions ------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True)
-def _add_depth(h, active, depth):
-    """Add ``depth`` to the water of every active cell (uniform rain), on all threads."""
-    ny, nx = h.shape
-    for i in numba.prange(ny):
-        for j in range(nx):
-            h[i, j] += depth if active[i, j] else 0.0
-
-
 @numba.njit(cache=True)
 def _minmod(a: float, b: float) -> float:
     """The smaller in magnitude of ``a`` and ``b`` when they have the same sign, else 0
@@ -263,6 +254,15 @@ def _face_flux(hl, el, ul, vl, hr, er, ur, vr, g):
 
 
 # -- kernels --------------------------------------------------------------------------------------
+@numba.njit(parallel=True, cache=True)
+def _add_depth(h, active, depth):
+    """Add ``depth`` to the water of every active cell (uniform rain), on all threads."""
+    ny, nx = h.shape
+    for i in numba.prange(ny):
+        for j in range(nx):
+            h[i, j] += depth if active[i, j] else 0.0
+
+
 @numba.njit(parallel=True, cache=True)
 def _primitives(h, hu, hv, zb, active, dry, u, v, eta):
     """Velocities (0 below ``dry``) and the water level."""
